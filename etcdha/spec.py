@@ -1,0 +1,544 @@
+"""The cluster spec: one validated description of a cluster, stored in etcd.
+
+Field names are the YAML keys. Defaults follow ldirectord (Debian 12) and
+Heartbeat v1 where they have one; docs/spec.md lists each and its origin.
+Cross-field rules live in `ClusterSpec.check`, which returns warnings and
+raises for errors, always naming the field path and the reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+
+from etcdha.spec_types import (
+    NAME_RE,
+    Duration,
+    Endpoint,
+    HostAddress,
+    InterfaceAddress,
+    RealAddress,
+    expand_real,
+    format_duration,
+    split_host_port,
+)
+
+SCHEMA_VERSION: Final = 1
+MIN_LEASE_TTL = 2.0  # etcd refuses shorter leases with its default timings
+
+Name = Annotated[str, Field(pattern=NAME_RE)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class Forward(StrEnum):
+    gate = "gate"  # direct routing
+    masq = "masq"  # NAT
+    ipip = "ipip"  # tunnel
+
+
+class Protocol(StrEnum):
+    tcp = "tcp"
+    udp = "udp"
+    sctp = "sctp"
+
+
+class CheckType(StrEnum):
+    negotiate = "negotiate"
+    connect = "connect"
+    ping = "ping"
+    external = "external"
+    on = "on"
+    off = "off"
+
+
+class HealthPolicy(StrEnum):
+    leader = "leader"
+    majority = "majority"
+    all = "all"
+    any = "any"
+
+
+class EtcdUnreachable(StrEnum):
+    drop = "drop"
+    failsafe = "failsafe"
+
+
+class Node(Model):
+    name: Name
+    interfaces: dict[str, str] = Field(
+        default_factory=dict,
+        description="per-node interface overrides: address resource (ip/prefix) -> interface",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+
+class Election(Model):
+    lease_ttl: Duration = Field(
+        10.0, description="leader lease TTL (Heartbeat's deadtime); at least 2s"
+    )
+    keepalive_interval: Duration = Field(
+        2.0, description="lease keepalive period (Heartbeat's keepalive); at most lease_ttl / 3"
+    )
+    fence_margin: Duration = Field(
+        0.5, description="addresses are dropped this long before the lease could expire"
+    )
+    auto_failback: bool = Field(True, description="the most-preferred eligible node leads")
+    failback_delay: Duration = Field(
+        0.0, description="a returning preferred node waits this long, eligible, before taking over"
+    )
+    ping_nodes: list[HostAddress] = Field(
+        default_factory=list,
+        description="at least one must answer ICMP echo for a node to be eligible",
+    )
+    ping_interval: Duration = 1.0
+    ping_timeout: Duration = 1.0
+    ping_failures: PositiveInt = Field(
+        3, description="consecutive unanswered rounds before a node loses eligibility"
+    )
+    etcd_unreachable: EtcdUnreachable = Field(
+        EtcdUnreachable.drop,
+        description="drop: give up addresses at the fencing deadline; failsafe: keep them "
+        "while every other director confirms it cannot reach etcd either",
+    )
+
+
+class Announce(Model):
+    """Gratuitous ARP / unsolicited neighbour advertisement after taking an address."""
+
+    count: PositiveInt = 5
+    interval: Duration = 0.2
+    repeat_every: Duration = Field(
+        0.0, description="re-announce held addresses this often (0: only on takeover)"
+    )
+
+
+class AddressResource(Model):
+    type: Literal["address"] = "address"
+    address: InterfaceAddress
+    interface: str | None = Field(
+        None, description="default: the interface whose subnet contains the address, per node"
+    )
+    label: str | None = None
+
+
+class IPVSResource(Model):
+    type: Literal["ipvs"] = "ipvs"
+
+
+class ScriptResource(Model):
+    """A Heartbeat-style resource script, called as `path [args...] start|stop|status`."""
+
+    type: Literal["script"] = "script"
+    path: str
+    args: list[str] = Field(default_factory=list)
+    timeout: Duration = 30.0
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"{v!r} is not an absolute path")
+        return v
+
+
+Resource = Annotated[AddressResource | IPVSResource | ScriptResource, Field(discriminator="type")]
+
+
+def resource_type_of(data: Any) -> str | None:
+    """A resource's type, written or inferred from its fields (`address:` -> address)."""
+    if not isinstance(data, dict):
+        return None
+    if "type" in data:
+        return str(data["type"])
+    for key, kind in (("address", "address"), ("path", "script"), ("ipvs", "ipvs")):
+        if key in data:
+            return kind
+    return None
+
+
+class Group(Model):
+    name: Name
+    node: Name = Field(description="the preferred node (haresources' first field)")
+    resources: list[Resource] = Field(
+        default_factory=list,
+        description="started in this order, stopped in reverse; `type` may be left out "
+        "when the fields say it (address:, path:, or the bare string 'ipvs')",
+    )
+
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _infer_types(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        out = []
+        for item in value:
+            if item == "ipvs":
+                item = {"type": "ipvs"}
+            elif isinstance(item, dict) and "type" not in item:
+                kind = resource_type_of(item)
+                if kind == "ipvs":
+                    item = {k: v for k, v in item.items() if k != "ipvs"}
+                item = {"type": kind, **item} if kind else item
+            out.append(item)
+        return out
+
+
+class Check(Model):
+    type: CheckType = Field(CheckType.negotiate, description="ldirectord's checktype")
+    negotiate_every: PositiveInt = Field(
+        1, description="ldirectord's checktype=N: negotiate every Nth check, connect otherwise"
+    )
+    service: str = Field(
+        "none",
+        description="what negotiate speaks: http, https, tcp (send/expect), dns, none, or the "
+        "name of an external check (mysql, pgsql, smtp, ldap, ...)",
+    )
+    request: str | None = Field(None, description="HTTP path, tcp payload, or DNS name")
+    receive: str | None = Field(None, description="regular expression (Python syntax)")
+    http_method: Literal["GET", "HEAD"] = "GET"
+    virtualhost: str | None = None
+    expected_status: list[int] = Field(
+        default_factory=list, description="HTTP statuses that pass (default: any 2xx)"
+    )
+    dns_type: str = "A"
+    verify_tls: bool = False
+    port: int | None = Field(None, ge=1, le=65535, description="probe this port, not the real's")
+    command: str | None = Field(None, description="external check, a file in the checks dir")
+    login: str | None = None
+    password: str | None = None
+    database: str | None = None
+    secret: str | None = None
+    interval: Duration = 10.0
+    timeout: Duration = 5.0
+    negotiate_timeout: Duration = 30.0
+    failure_count: PositiveInt = 1
+    rise_count: PositiveInt = 1
+    checkcount: PositiveInt = Field(1, description="ping attempts per check (ldirectord)")
+
+    @field_validator("receive")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            import re
+
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"{v!r} is not a valid regular expression: {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _command(self) -> Check:
+        if self.type is CheckType.external and not self.command:
+            raise ValueError("an external check needs 'command' (a script in the checks dir)")
+        if self.command and "/" in self.command:
+            raise ValueError(
+                f"command {self.command!r} must be a file name in the checks directory, "
+                "not a path (copy the script there)"
+            )
+        return self
+
+
+class Real(Model):
+    address: RealAddress
+    forward: Forward = Forward.gate
+    weight: int = Field(1, ge=0, le=2**31 - 1)
+    upper_threshold: int = Field(0, ge=0, description="0: no limit")
+    lower_threshold: int = Field(0, ge=0)
+    request: str | None = Field(None, description="overrides the check's request for this real")
+    receive: str | None = None
+
+
+class Fallback(Model):
+    address: RealAddress
+    forward: Forward = Forward.gate
+    weight: int = Field(1, ge=0)
+
+
+class Persistence(Model):
+    timeout: Duration = 300.0
+    netmask: str | None = Field(
+        None, description="IPv4 dotted netmask, or an IPv6 prefix length (ipvsadm's -M)"
+    )
+
+
+class VirtualService(Model):
+    address: Endpoint | None = Field(None, description="VIP:port; omit for fwmark services")
+    fwmark: int | None = Field(None, ge=1, le=2**32 - 1)
+    family: Literal["inet", "inet6"] | None = Field(
+        None, description="fwmark services only: address family (default inet)"
+    )
+    protocol: Protocol = Protocol.tcp
+    group: Name | None = Field(
+        None, description="the resource group whose ipvs resource carries it"
+    )
+    scheduler: str = "wrr"
+    scheduler_flags: list[str] = Field(default_factory=list)
+    persistence: Persistence | None = None
+    quiescent: bool = True
+    fallback: Fallback | None = None
+    health_policy: HealthPolicy | None = None
+    check: Check = Field(default_factory=Check)
+    reals: list[Real] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _address_or_fwmark(self) -> VirtualService:
+        if (self.address is None) == (self.fwmark is None):
+            raise ValueError("give exactly one of 'address' (ip:port) or 'fwmark'")
+        if self.address is not None and self.family is not None:
+            raise ValueError("'family' is for fwmark services; an address says its own")
+        return self
+
+    @property
+    def ip_family(self) -> int:
+        if self.address is not None:
+            return split_host_port(self.address)[0].version
+        return 6 if self.family == "inet6" else 4
+
+    @property
+    def label(self) -> str:
+        if self.fwmark is not None:
+            return f"fwmark {self.fwmark}"
+        return f"{self.protocol.value} {self.address}"
+
+
+class ClusterSpec(Model):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    nodes: list[Node] = Field(min_length=1, description="in order of preference")
+    election: Election = Field(default_factory=Election)
+    announce: Announce = Field(default_factory=Announce)
+    health_policy: HealthPolicy = HealthPolicy.leader
+    groups: list[Group] = Field(default_factory=list)
+    virtual_services: list[VirtualService] = Field(default_factory=list)
+
+    @property
+    def node_names(self) -> list[str]:
+        return [n.name for n in self.nodes]
+
+    def group_of(self, vs: VirtualService) -> Group | None:
+        if vs.group is not None:
+            return next((g for g in self.groups if g.name == vs.group), None)
+        carriers = [g for g in self.groups if any(r.type == "ipvs" for r in g.resources)]
+        return carriers[0] if len(carriers) == 1 else None
+
+    def check(self) -> list[tuple[str, str]]:
+        """Cross-field rules: raise SpecError for errors, return (path, warning)s."""
+        errors: list[tuple[str, str]] = []
+        warnings: list[tuple[str, str]] = []
+        self._check_names(errors)
+        self._check_election(errors)
+        self._check_groups(errors)
+        self._check_services(errors, warnings)
+        if errors:
+            raise SpecError(errors)
+        return warnings
+
+    def _check_names(self, errors: list[tuple[str, str]]) -> None:
+        seen: dict[str, int] = {}
+        for i, node in enumerate(self.nodes):
+            if node.name in seen:
+                errors.append(
+                    (f"nodes[{i}].name", f"{node.name!r} is already nodes[{seen[node.name]}]")
+                )
+            seen.setdefault(node.name, i)
+        groups: dict[str, int] = {}
+        for i, g in enumerate(self.groups):
+            if g.name in groups:
+                errors.append(
+                    (f"groups[{i}].name", f"{g.name!r} is already groups[{groups[g.name]}]")
+                )
+            groups.setdefault(g.name, i)
+            if g.node not in seen:
+                errors.append((f"groups[{i}].node", f"{g.node!r} is not one of the nodes"))
+
+    def _check_election(self, errors: list[tuple[str, str]]) -> None:
+        e = self.election
+        if e.lease_ttl < MIN_LEASE_TTL:
+            errors.append(
+                (
+                    "election.lease_ttl",
+                    f"{format_duration(e.lease_ttl)} is below etcd's minimum lease TTL of 2s",
+                )
+            )
+        if e.keepalive_interval <= 0 or e.keepalive_interval > e.lease_ttl / 3:
+            errors.append(
+                (
+                    "election.keepalive_interval",
+                    f"{format_duration(e.keepalive_interval)} must be above 0 and at most "
+                    f"lease_ttl / 3 ({format_duration(round(e.lease_ttl / 3, 3))}), so that "
+                    "two keepalives can be lost before the lease expires",
+                )
+            )
+        if not 0 < e.fence_margin < e.lease_ttl - e.keepalive_interval:
+            errors.append(
+                (
+                    "election.fence_margin",
+                    f"{format_duration(e.fence_margin)} must be above 0 and below lease_ttl - "
+                    "keepalive_interval, or the leader would fence itself between renewals",
+                )
+            )
+
+    def _check_groups(self, errors: list[tuple[str, str]]) -> None:
+        owners: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, str] = {}
+        for gi, g in enumerate(self.groups):
+            ipvs = 0
+            for ri, r in enumerate(g.resources):
+                where = f"groups[{gi}].resources[{ri}]"
+                if isinstance(r, AddressResource):
+                    ip = ipaddress.ip_interface(r.address).ip
+                    if ip in owners:
+                        errors.append((f"{where}.address", f"{ip} is already held by {owners[ip]}"))
+                    owners.setdefault(ip, where)
+                elif isinstance(r, IPVSResource):
+                    ipvs += 1
+            if ipvs > 1:
+                errors.append((f"groups[{gi}].resources", "a group holds one ipvs resource"))
+
+    def held_addresses(self) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        return {
+            ipaddress.ip_interface(r.address).ip
+            for g in self.groups
+            for r in g.resources
+            if isinstance(r, AddressResource)
+        }
+
+    def _check_services(
+        self, errors: list[tuple[str, str]], warnings: list[tuple[str, str]]
+    ) -> None:
+        held = self.held_addresses()
+        services: dict[tuple[Any, ...], int] = {}
+        ipvs_groups = [g.name for g in self.groups if any(r.type == "ipvs" for r in g.resources)]
+        for si, vs in enumerate(self.virtual_services):
+            where = f"virtual_services[{si}]"
+            key: tuple[Any, ...] = (
+                ("fwmark", vs.fwmark, vs.ip_family)
+                if vs.fwmark is not None
+                else (vs.protocol, vs.address)
+            )
+            if key in services:
+                errors.append((where, f"{vs.label} is already virtual_services[{services[key]}]"))
+            services.setdefault(key, si)
+            if vs.group is not None and vs.group not in ipvs_groups:
+                errors.append(
+                    (f"{where}.group", f"{vs.group!r} is not a group with an ipvs resource")
+                )
+            elif vs.group is None and self.groups and len(ipvs_groups) > 1:
+                errors.append(
+                    (
+                        f"{where}.group",
+                        f"several groups carry an ipvs resource ({', '.join(ipvs_groups)}); "
+                        "say which one carries this service",
+                    )
+                )
+            if vs.address is not None:
+                vip = split_host_port(vs.address)[0]
+                if self.groups and vip not in held:
+                    warnings.append(
+                        (
+                            f"{where}.address",
+                            f"{vip} is held by no group's address resource; "
+                            "it must then be managed elsewhere",
+                        )
+                    )
+            if vs.persistence and vs.persistence.netmask:
+                _check_netmask(vs, where, errors)
+            self._check_reals(vs, where, errors)
+
+    @staticmethod
+    def _check_reals(vs: VirtualService, where: str, errors: list[tuple[str, str]]) -> None:
+        seen: dict[tuple[Any, int], int] = {}
+        for ri, real in enumerate(vs.reals):
+            for ip, port in expand_real(real.address):
+                if ip.version != vs.ip_family:
+                    errors.append(
+                        (
+                            f"{where}.reals[{ri}].address",
+                            f"{ip} is IPv{ip.version} but the service is IPv{vs.ip_family} "
+                            "(IPVS cannot mix families in one service)",
+                        )
+                    )
+                    break
+                if vs.fwmark is None and port == 0:
+                    errors.append(
+                        (
+                            f"{where}.reals[{ri}].address",
+                            f"{real.address!r} needs a port (only fwmark services may omit it)",
+                        )
+                    )
+                    break
+                if (ip, port) in seen:
+                    errors.append(
+                        (
+                            f"{where}.reals[{ri}].address",
+                            f"{ip} port {port} is already reals[{seen[(ip, port)]}] "
+                            "(IPVS keeps one destination per address and port)",
+                        )
+                    )
+                    break
+                seen[(ip, port)] = ri
+            if (
+                real.lower_threshold
+                and real.upper_threshold
+                and real.lower_threshold > real.upper_threshold
+            ):
+                errors.append(
+                    (
+                        f"{where}.reals[{ri}].lower_threshold",
+                        "must not exceed upper_threshold",
+                    )
+                )
+        if vs.fallback is not None:
+            for ip, port in expand_real(vs.fallback.address):
+                if (ip, port) in seen:
+                    errors.append(
+                        (
+                            f"{where}.fallback.address",
+                            f"{ip} port {port} is also reals[{seen[(ip, port)]}]; the fallback "
+                            "serves only when every real is down, so it cannot be one of them",
+                        )
+                    )
+                elif ip.version != vs.ip_family:
+                    errors.append((f"{where}.fallback.address", f"{ip} is not IPv{vs.ip_family}"))
+
+
+def _check_netmask(vs: VirtualService, where: str, errors: list[tuple[str, str]]) -> None:
+    assert vs.persistence is not None and vs.persistence.netmask is not None
+    mask = vs.persistence.netmask
+    try:
+        if vs.ip_family == 4:
+            ipaddress.IPv4Network(f"0.0.0.0/{mask}")
+        elif not (mask.isdigit() and 1 <= int(mask) <= 128):
+            raise ValueError
+    except ValueError:
+        errors.append(
+            (
+                f"{where}.persistence.netmask",
+                f"{mask!r} is not a valid "
+                + ("IPv4 netmask" if vs.ip_family == 4 else "IPv6 prefix length"),
+            )
+        )
+
+
+class SpecError(ValueError):
+    """Spec errors, each (field path, message); the loader adds file and line."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{p}: {m}" for p, m in errors))
