@@ -1,0 +1,172 @@
+"""Who should lead each resource group: pure decisions over a view of etcd.
+
+The agent keeps a `ClusterView` of the member, leader and admin keys, and for
+each group asks `decide()` what to do now. Nothing here performs I/O, so every
+rule (preference, standby, takeover, auto_failback with its delay) is tested
+without etcd.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from etcdha.spec import ClusterSpec, Group
+
+# A less-preferred candidate waits this long per rank before campaigning for a
+# vacant group, so that the most-preferred eligible node wins the race.
+CAMPAIGN_STEP = 0.3
+
+
+@dataclass(frozen=True)
+class Member:
+    node: str
+    lease: int
+    eligible: bool
+    why: str | None = None
+
+
+@dataclass(frozen=True)
+class Leader:
+    node: str
+    lease: int
+    term: int  # the leader key's create revision
+
+
+@dataclass
+class ClusterView:
+    members: dict[str, Member] = field(default_factory=dict)
+    leaders: dict[str, Leader] = field(default_factory=dict)
+    standby: dict[str, str] = field(default_factory=dict)  # node -> reason
+    takeover: dict[str, str] = field(default_factory=dict)  # group -> target node
+    # When this agent saw each member become eligible (monotonic seconds).
+    eligible_since: dict[str, float] = field(default_factory=dict)
+    # When this agent saw each group without a leader (monotonic seconds).
+    vacant_since: dict[str, float] = field(default_factory=dict)
+
+    def note_member(self, member: Member, now: float) -> None:
+        before = self.members.get(member.node)
+        self.members[member.node] = member
+        if member.eligible and not (before and before.eligible):
+            self.eligible_since[member.node] = now
+        elif not member.eligible:
+            self.eligible_since.pop(member.node, None)
+
+    def drop_member(self, node: str) -> None:
+        self.members.pop(node, None)
+        self.eligible_since.pop(node, None)
+
+    def set_leader(self, group: str, leader: Leader | None, now: float) -> None:
+        if leader is None:
+            if group in self.leaders or group not in self.vacant_since:
+                self.vacant_since[group] = now
+            self.leaders.pop(group, None)
+        else:
+            self.leaders[group] = leader
+            self.vacant_since.pop(group, None)
+
+
+class Action(StrEnum):
+    follow = "follow"  # someone else leads, or we may not
+    hold = "hold"  # we lead and should go on leading
+    campaign = "campaign"  # the group is vacant and it is our turn
+    wait = "wait"  # vacant, a more-preferred node gets the first try
+    handover = "handover"  # we lead but should hand over gracefully
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str
+    retry_in: float | None = None  # look again after this long, even if nothing changes
+
+
+def preference(spec: ClusterSpec, group: Group) -> list[str]:
+    """The group's preferred node first, then the order of `nodes`."""
+    return [group.node] + [n for n in spec.node_names if n != group.node]
+
+
+def candidates(spec: ClusterSpec, group: Group, view: ClusterView) -> list[str]:
+    """Live, eligible members in the order they should lead this group."""
+    order = [n for n in preference(spec, group) if (m := view.members.get(n)) and m.eligible]
+    target = view.takeover.get(group.name)
+    if target in order:
+        order.remove(target)
+        order.insert(0, target)
+    return order
+
+
+def decide(
+    spec: ClusterSpec,
+    group: Group,
+    view: ClusterView,
+    me: str,
+    eligible: bool,
+    why_not: str | None,
+    now: float,
+) -> Decision:
+    leader = view.leaders.get(group.name)
+    if leader is not None and leader.node != me:
+        return Decision(Action.follow, f"{leader.node} leads")
+    order = candidates(spec, group, view)
+    if leader is not None:
+        return _as_leader(spec, group, view, me, eligible, why_not, order, now)
+    if not eligible:
+        return Decision(Action.follow, f"not eligible: {why_not}")
+    if me not in order:
+        # Our own member key has not been seen yet; wait for it rather than
+        # race a node whose eligibility we already know.
+        return Decision(Action.wait, "our member key is not visible yet", CAMPAIGN_STEP)
+    rank = order.index(me)
+    if rank == 0:
+        return Decision(Action.campaign, _campaign_reason(group, view, me))
+    vacant_for = now - view.vacant_since.get(group.name, now)
+    turn = rank * CAMPAIGN_STEP
+    if vacant_for >= turn:
+        return Decision(
+            Action.campaign,
+            f"{group.name} has been vacant {vacant_for:.1f}s; {', '.join(order[:rank])} "
+            "did not take it",
+        )
+    return Decision(Action.wait, f"{order[0]} is preferred", turn - vacant_for)
+
+
+def _campaign_reason(group: Group, view: ClusterView, me: str) -> str:
+    if view.takeover.get(group.name) == me:
+        return f"takeover of {group.name} requested"
+    return f"{group.name} has no leader and {me} is the most-preferred eligible node"
+
+
+def _as_leader(
+    spec: ClusterSpec,
+    group: Group,
+    view: ClusterView,
+    me: str,
+    eligible: bool,
+    why_not: str | None,
+    order: list[str],
+    now: float,
+) -> Decision:
+    if not eligible:
+        return Decision(Action.handover, f"{me} is no longer eligible: {why_not}")
+    target = view.takeover.get(group.name)
+    if target and target != me:
+        if target in order:
+            return Decision(Action.handover, f"takeover by {target} requested")
+        # A takeover towards a node that cannot lead is ignored, not obeyed.
+    if spec.election.auto_failback and order and order[0] != me and target != me:
+        best = order[0]
+        prefs = preference(spec, group)
+        if prefs.index(best) < prefs.index(me):
+            since = view.eligible_since.get(best, now)
+            if now - since >= spec.election.failback_delay:
+                return Decision(
+                    Action.handover,
+                    f"auto_failback: {best} is preferred and has been eligible {now - since:.1f}s",
+                )
+            return Decision(
+                Action.hold,
+                f"auto_failback to {best} once failback_delay has passed",
+                spec.election.failback_delay - (now - since),
+            )
+    return Decision(Action.hold, f"{me} leads {group.name}")
