@@ -112,6 +112,9 @@ class Election(Model):
     ping_failures: PositiveInt = Field(
         3, description="consecutive unanswered rounds before a node loses eligibility"
     )
+    audit_interval: Duration = Field(
+        2.0, description="how often the leader checks that its addresses are still there"
+    )
     etcd_unreachable: EtcdUnreachable = Field(
         EtcdUnreachable.drop,
         description="drop: give up addresses at the fencing deadline; failsafe: keep them "
@@ -127,6 +130,25 @@ class Announce(Model):
     repeat_every: Duration = Field(
         0.0, description="re-announce held addresses this often (0: only on takeover)"
     )
+
+
+class Notify(Model):
+    """Hooks run on each leadership change of a group, like keepalived's notify."""
+
+    commands: list[str] = Field(
+        default_factory=list,
+        description="executables called in order, one at a time, as "
+        "`command GROUP STATE REASON` (STATE: leader, backup, fault)",
+    )
+    timeout: Duration = Field(10.0, description="a hook still running then is killed")
+
+    @field_validator("commands")
+    @classmethod
+    def _absolute(cls, v: list[str]) -> list[str]:
+        for c in v:
+            if not c.startswith("/"):
+                raise ValueError(f"{c!r} is not an absolute path")
+        return v
 
 
 class AddressResource(Model):
@@ -324,6 +346,7 @@ class ClusterSpec(Model):
     nodes: list[Node] = Field(min_length=1, description="in order of preference")
     election: Election = Field(default_factory=Election)
     announce: Announce = Field(default_factory=Announce)
+    notify: Notify = Field(default_factory=Notify)
     health_policy: HealthPolicy = HealthPolicy.leader
     groups: list[Group] = Field(default_factory=list)
     virtual_services: list[VirtualService] = Field(default_factory=list)
