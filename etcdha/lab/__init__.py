@@ -1,0 +1,1 @@
+"""Lab helpers: real etcd processes and, later, the seed topology in network namespaces."""
