@@ -17,7 +17,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveInt,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -37,6 +40,44 @@ SCHEMA_VERSION: Final = 1
 MIN_LEASE_TTL = 2.0  # etcd refuses shorter leases with its default timings
 
 Name = Annotated[str, Field(pattern=NAME_RE)]
+
+# ldirectord's ld_port_to_service(): the check a virtual service on this port
+# gets when its configuration names no `service` (any other port: none).
+LDIRECTORD_PORT_SERVICES: Final[dict[int, str]] = {
+    21: "ftp",
+    25: "smtp",
+    53: "dns",
+    80: "http",
+    110: "pop",
+    119: "nntp",
+    143: "imap",
+    389: "ldap",
+    443: "https",
+    587: "submission",
+    993: "imaps",
+    995: "pops",
+    1521: "oracle",
+    1812: "radius",
+    3128: "http_proxy",
+    3306: "mysql",
+    5060: "sip",
+    5432: "pgsql",
+}
+
+
+def default_check_service(port: int | None) -> str:
+    """The check service ldirectord gives a virtual service on `port` (None: fwmark)."""
+    return LDIRECTORD_PORT_SERVICES.get(port, "none") if port else "none"
+
+
+def default_protocol(port: int | None) -> Protocol:
+    """ldirectord makes a virtual service on port 53 UDP unless told otherwise."""
+    return Protocol.udp if port == 53 else Protocol.tcp
+
+
+def _rebuild(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with its keys in the model's field order."""
+    return {k: data[k] for k in model.model_fields if k in data}
 
 
 class Model(BaseModel):
@@ -232,8 +273,14 @@ class Check(Model):
         description="what negotiate speaks: http, https, tcp (send/expect), dns, none, or the "
         "name of an external check (mysql, pgsql, smtp, ldap, ...)",
     )
-    request: str | None = Field(None, description="HTTP path, tcp payload, or DNS name")
-    receive: str | None = Field(None, description="regular expression (Python syntax)")
+    request: str | None = Field(
+        None,
+        description="HTTP path, tcp payload, or DNS name; unset: '/' for HTTP and nothing "
+        "for the others (ldirectord's default request '/', which its non-HTTP checks strip)",
+    )
+    receive: str | None = Field(
+        None, description="regular expression (Python syntax); unset: any answer passes"
+    )
     http_method: Literal["GET", "HEAD"] = "GET"
     virtualhost: str | None = None
     expected_status: list[int] = Field(
@@ -247,12 +294,49 @@ class Check(Model):
     password: str | None = None
     database: str | None = None
     secret: str | None = None
-    interval: Duration = 10.0
-    timeout: Duration = 5.0
-    negotiate_timeout: Duration = 30.0
-    failure_count: PositiveInt = 1
-    rise_count: PositiveInt = 1
+    interval: Duration = Field(10.0, description="ldirectord's checkinterval (default 10)")
+    timeout: Duration = Field(
+        5.0,
+        description="connect, ping and external checks (ldirectord's checktimeout); unset: "
+        "negotiate_timeout when that is set, else 5s, as ldirectord",
+    )
+    negotiate_timeout: Duration = Field(
+        30.0,
+        description="negotiate checks (ldirectord's negotiatetimeout); unset: timeout when "
+        "that is set, else 30s, as ldirectord",
+    )
+    failure_count: PositiveInt = Field(1, description="ldirectord's failurecount (default 1)")
+    rise_count: PositiveInt = Field(
+        1, description="successes that mark a real up (ldirectord: one)"
+    )
     checkcount: PositiveInt = Field(1, description="ping attempts per check (ldirectord)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mutual_timeouts(cls, data: Any) -> Any:
+        # ldirectord's ld_setup(): checktimeout and negotiatetimeout are each
+        # other's default; the built-in 5s and 30s apply only when both are unset.
+        if isinstance(data, dict):
+            if "timeout" in data and "negotiate_timeout" not in data:
+                data = {**data, "negotiate_timeout": data["timeout"]}
+            elif "negotiate_timeout" in data and "timeout" not in data:
+                data = {**data, "timeout": data["negotiate_timeout"]}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _keep_mutual_timeouts(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        # With defaults left out, a timeout equal to its built-in default would be
+        # dropped and then read back as the other one: write it when that differs.
+        data: dict[str, Any] = handler(self)
+        if info.exclude_defaults and self.timeout != self.negotiate_timeout:
+            if "timeout" in data and "negotiate_timeout" not in data:
+                data["negotiate_timeout"] = format_duration(self.negotiate_timeout)
+            elif "negotiate_timeout" in data and "timeout" not in data:
+                data["timeout"] = format_duration(self.timeout)
+            data = _rebuild(Check, data)
+        return data
 
     @field_validator("receive")
     @classmethod
@@ -295,9 +379,11 @@ class Fallback(Model):
 
 
 class Persistence(Model):
-    timeout: Duration = 300.0
+    timeout: Duration = Field(300.0, description="ipvsadm's -p default")
     netmask: str | None = Field(
-        None, description="IPv4 dotted netmask, or an IPv6 prefix length (ipvsadm's -M)"
+        None,
+        description="IPv4 dotted netmask, or an IPv6 prefix length (ipvsadm's -M); unset: "
+        "the kernel's default, one client address (/32, /128)",
     )
 
 
@@ -307,18 +393,76 @@ class VirtualService(Model):
     family: Literal["inet", "inet6"] | None = Field(
         None, description="fwmark services only: address family (default inet)"
     )
-    protocol: Protocol = Protocol.tcp
+    protocol: Protocol = Field(
+        Protocol.tcp, description="unset: udp on port 53, else tcp (as ldirectord)"
+    )
     group: Name | None = Field(
         None, description="the resource group whose ipvs resource carries it"
     )
-    scheduler: str = "wrr"
+    scheduler: str = Field("wrr", description="ldirectord's default scheduler")
     scheduler_flags: list[str] = Field(default_factory=list)
+    one_packet: bool = Field(
+        False, description="UDP one-packet scheduling (ipvsadm -o, ldirectord's ops=yes)"
+    )
     persistence: Persistence | None = None
-    quiescent: bool = True
+    quiescent: bool = Field(
+        False,
+        description="a down real keeps weight 0 instead of being removed; default no, as "
+        "ldirectord's code does (its manual says yes)",
+    )
     fallback: Fallback | None = None
+    fallback_command: str | None = Field(
+        None,
+        min_length=1,
+        description="shell command run with 'start' appended when every real is down and "
+        "'stop' when one is up again (ldirectord's fallbackcommand)",
+    )
     health_policy: HealthPolicy | None = None
-    check: Check = Field(default_factory=Check)
+    check: Check = Field(
+        default_factory=Check,
+        description="unset check.service: chosen by the port as ldirectord does (80 http, "
+        "443 https, 53 dns, ...; none for other ports and fwmark services)",
+    )
     reals: list[Real] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ldirectord_defaults(cls, data: Any) -> Any:
+        # ldirectord picks the protocol (udp on port 53) and the check's service
+        # (by port) when its configuration names neither; so does the spec.
+        if not isinstance(data, dict):
+            return data
+        port = _port_of(data.get("address"))
+        out = dict(data)
+        if "protocol" not in out and port == 53:
+            out["protocol"] = Protocol.udp.value
+        service = default_check_service(port)
+        check = out.get("check", {})
+        if isinstance(check, dict) and "service" not in check and service != "none":
+            out["check"] = {**check, "service": service}
+        elif isinstance(check, Check) and "service" not in check.model_fields_set:
+            out["check"] = check.model_copy(update={"service": service})
+        return out
+
+    @model_serializer(mode="wrap")
+    def _keep_derived_defaults(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        # With defaults left out, a value equal to the static default but not to
+        # the port's derived default would read back differently: write it.
+        data: dict[str, Any] = handler(self)
+        if not info.exclude_defaults:
+            return data
+        port = _port_of(self.address)
+        if "protocol" not in data and self.protocol is not default_protocol(port):
+            data["protocol"] = self.protocol.value if info.mode_is_json() else self.protocol
+        if self.check.service != default_check_service(port):
+            check = data.get("check")
+            if not isinstance(check, dict):
+                check = {}
+            if "service" not in check:
+                data["check"] = _rebuild(Check, {**check, "service": self.check.service})
+        return _rebuild(VirtualService, data)
 
     @model_validator(mode="after")
     def _address_or_fwmark(self) -> VirtualService:
@@ -335,10 +479,24 @@ class VirtualService(Model):
         return 6 if self.family == "inet6" else 4
 
     @property
+    def port(self) -> int | None:
+        """The virtual port; None for fwmark services."""
+        return _port_of(self.address)
+
+    @property
     def label(self) -> str:
         if self.fwmark is not None:
             return f"fwmark {self.fwmark}"
         return f"{self.protocol.value} {self.address}"
+
+
+def _port_of(address: Any) -> int | None:
+    if not isinstance(address, str):
+        return None
+    try:
+        return split_host_port(address)[1]
+    except ValueError:
+        return None
 
 
 class ClusterSpec(Model):
@@ -482,6 +640,13 @@ class ClusterSpec(Model):
                     )
             if vs.persistence and vs.persistence.netmask:
                 _check_netmask(vs, where, errors)
+            if vs.one_packet and (vs.fwmark is not None or vs.protocol is not Protocol.udp):
+                warnings.append(
+                    (
+                        f"{where}.one_packet",
+                        "one-packet scheduling is for UDP services; IPVS ignores it here",
+                    )
+                )
             self._check_reals(vs, where, errors)
 
     @staticmethod
