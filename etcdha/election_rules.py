@@ -150,10 +150,9 @@ def _as_leader(
     if not eligible:
         return Decision(Action.handover, f"{me} is no longer eligible: {why_not}")
     target = view.takeover.get(group.name)
-    if target and target != me:
-        if target in order:
-            return Decision(Action.handover, f"takeover by {target} requested")
-        # A takeover towards a node that cannot lead is ignored, not obeyed.
+    # A takeover towards a node that cannot lead is ignored, not obeyed.
+    if target and target != me and target in order:
+        return Decision(Action.handover, f"takeover by {target} requested")
     if spec.election.auto_failback and order and order[0] != me and target != me:
         best = order[0]
         prefs = preference(spec, group)

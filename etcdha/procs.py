@@ -1,0 +1,52 @@
+"""Running helper programs (scripts, hooks, checks) off the event loop's back:
+no shell, their own session, and killed as a whole group when they overrun."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Finished:
+    code: int | None  # None: killed at the timeout
+    stderr: str
+
+    @property
+    def timed_out(self) -> bool:
+        return self.code is None
+
+
+def kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+async def run_bounded(
+    argv: list[str], limit: float, env: dict[str, str] | None = None
+) -> Finished:
+    """Run argv (no shell) with stdin closed; kill its process group at the timeout.
+
+    Raises OSError when it cannot start (missing, not executable)."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+        env=env,
+    )
+    try:
+        async with asyncio.timeout(limit):
+            _, stderr = await proc.communicate()
+    except TimeoutError:
+        kill_group(proc.pid)
+        await proc.wait()
+        return Finished(None, "")
+    finally:
+        if proc.returncode is None:
+            kill_group(proc.pid)
+    return Finished(proc.returncode, stderr.decode(errors="replace")[-2000:])
