@@ -35,10 +35,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
+
+from etcdha.store import EtcdSettings
 
 DEFAULT_ETCD = "/usr/bin/etcd"
 DEFAULT_ETCDCTL = "/usr/bin/etcdctl"
@@ -473,6 +475,7 @@ class EtcdProcess:
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGCONT)  # a paused member must run to exit
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -588,6 +591,27 @@ def run_etcdctl(
             f"etcdctl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
         )
     return result
+
+
+@dataclass(frozen=True)
+class EtcdServer:
+    """An etcd to connect to: its endpoints, and the process and PKI when the lab runs it."""
+
+    endpoints: tuple[str, ...]
+    process: EtcdProcess | None = None
+    pki: Pki | None = None
+
+    def settings(self, **overrides: Any) -> EtcdSettings:
+        """Store settings for this etcd (with the PKI's client certificate); fields overridable."""
+        base = EtcdSettings(endpoints=self.endpoints)
+        if self.pki is not None:
+            base = replace(
+                base,
+                cacert=self.pki.ca_cert,
+                cert=self.pki.client_cert,
+                key=self.pki.client_key,
+            )
+        return replace(base, **overrides)
 
 
 class EtcdCluster:

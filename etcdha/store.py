@@ -1,0 +1,1275 @@
+"""The only module that talks to etcd (API v3 over gRPC, asyncio).
+
+It uses the generated stubs and messages that the ``etcd3aio`` package ships and
+owns everything around them:
+
+* one gRPC channel per endpoint, with fail-over between endpoints: a call goes to
+  the active endpoint; when that one is unreachable the next one becomes active.
+  Hostnames, IPv4 and IPv6 literals all work (gRPC's resolver runs off the event
+  loop);
+* TLS with a CA and a client certificate; user/password authentication with the
+  token sent as metadata and renewed when etcd says it is invalid;
+* retries (``tenacity``) of transient failures for reads and for requests that
+  provably never left this process; a write whose outcome is unknown is reported
+  (``EtcdUnavailable.maybe_committed``), never sent twice;
+* a lease keepalive primitive over one persistent LeaseKeepAlive stream, which
+  returns the monotonic time the keepalive was sent, for fencing;
+* prefix watches that resume after a disconnect from the last delivered
+  revision + 1 (no event missed, none repeated) and raise :class:`WatchCompacted`
+  when that revision is gone.
+
+Keys are ``str`` (UTF-8; undecodable bytes survive as surrogate escapes), values
+``bytes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import enum
+import ipaddress
+import logging
+import re
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+import grpc
+import grpc.aio
+from etcd3aio import _protobuf as pb
+from etcd3aio import prefix_range_end
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential,
+)
+
+__all__ = [
+    "Compare",
+    "EndpointStatus",
+    "EtcdAuthError",
+    "EtcdError",
+    "EtcdLeaseNotFound",
+    "EtcdSettings",
+    "EtcdUnavailable",
+    "EventType",
+    "KeepaliveResult",
+    "KeyValue",
+    "Lease",
+    "Op",
+    "OpResult",
+    "Store",
+    "TxnResult",
+    "WatchBatch",
+    "WatchCompacted",
+    "WatchEvent",
+    "parse_endpoint",
+    "parse_endpoints",
+]
+
+_log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_PORT = 2379
+DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
+
+# ---------------------------------------------------------------------------
+# errors
+
+
+class EtcdError(Exception):
+    """Any failure talking to etcd."""
+
+
+class EtcdUnavailable(EtcdError):
+    """No endpoint answered within the timeout.
+
+    ``maybe_committed`` is True when a write was sent but its answer was lost:
+    it may or may not have been applied, so re-read before deciding.
+    """
+
+    def __init__(self, message: str, *, maybe_committed: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_committed = maybe_committed
+
+
+class EtcdAuthError(EtcdError):
+    """Authentication failed (wrong user or password) or permission denied."""
+
+
+class EtcdLeaseNotFound(EtcdError):
+    """The lease named in a request does not exist (expired or revoked)."""
+
+
+class WatchCompacted(EtcdError):
+    """The watch's start revision was compacted: re-read with get_prefix, then watch again."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(
+            f"the watched revision was compacted (oldest available: {compact_revision})"
+        )
+        self.compact_revision = compact_revision
+
+
+class _Retryable(EtcdUnavailable):
+    """Internal: a failure that the retry loop may try again (on another endpoint)."""
+
+
+class _TokenInvalid(EtcdError):
+    """Internal: etcd rejected the auth token; authenticate again and retry."""
+
+
+# ---------------------------------------------------------------------------
+# endpoints and settings
+
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\Z")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One parsed endpoint; ``scheme`` is None when the URL had none."""
+
+    scheme: str | None
+    host: str
+    port: int
+
+    @property
+    def target(self) -> str:
+        """The gRPC target (its DNS resolver also takes IP literals)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.target}" if self.scheme else self.target
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """Parse ``[http://|https://]host[:port]``; IPv6 literals in brackets. Port defaults to 2379."""
+    raw = text.strip()
+    if not raw:
+        raise ValueError("empty etcd endpoint")
+    scheme: str | None = None
+    rest = raw
+    if "://" in raw:
+        scheme, _, rest = raw.partition("://")
+        scheme = scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ValueError(
+                f"etcd endpoint {raw!r}: unsupported scheme {scheme!r} (use http:// or https://)"
+            )
+    rest = rest.rstrip("/")
+    if any(c in rest for c in "/?#@ "):
+        raise ValueError(f"etcd endpoint {raw!r}: expected [scheme://]host[:port], nothing more")
+    port_text = ""
+    if rest.startswith("["):
+        close = rest.find("]")
+        if close < 0:
+            raise ValueError(f"etcd endpoint {raw!r}: missing ']' after the IPv6 address")
+        host, tail = rest[1:close], rest[close + 1 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"etcd endpoint {raw!r}: {host!r} is not an IPv6 address") from None
+        if tail:
+            if not tail.startswith(":"):
+                raise ValueError(f"etcd endpoint {raw!r}: expected ':port' after ']'")
+            port_text = tail[1:]
+    else:
+        if rest.count(":") > 1:
+            raise ValueError(
+                f"etcd endpoint {raw!r}: write IPv6 addresses in brackets, e.g. [::1]:2379"
+            )
+        host, sep, port_text = rest.partition(":")
+        if sep and not port_text:
+            raise ValueError(f"etcd endpoint {raw!r}: empty port")
+        if not host:
+            raise ValueError(f"etcd endpoint {raw!r}: missing host")
+        if not _HOSTNAME_RE.match(host):
+            raise ValueError(f"etcd endpoint {raw!r}: {host!r} is not a valid host name")
+    port = DEFAULT_PORT
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"etcd endpoint {raw!r}: port must be a number from 1 to 65535")
+        port = int(port_text)
+    return Endpoint(scheme, host, port)
+
+
+def parse_endpoints(text: str) -> tuple[str, ...]:
+    """Parse a comma-separated endpoint list (etcdctl's --endpoints form) into normalized URLs."""
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip():
+        raise ValueError("no etcd endpoint given")
+    if any(not item for item in items):
+        raise ValueError(f"empty entry in etcd endpoint list {text!r}")
+    result: list[str] = []
+    for item in items:
+        normalized = str(parse_endpoint(item))
+        if normalized in result:
+            raise ValueError(f"etcd endpoint {item!r} is listed twice")
+        result.append(normalized)
+    return tuple(result)
+
+
+@dataclass(frozen=True)
+class EtcdSettings:
+    """How to reach etcd. Field names follow etcdctl's flags.
+
+    ``endpoints``: URLs such as ``http://127.0.0.1:2379``, ``https://etcd1:2379`` or
+    ``[::1]:2379``; an endpoint without a scheme uses TLS when ``cacert`` or
+    ``cert`` is set. ``user`` is ``name`` (password read from ``password_file``)
+    or etcdctl's ``name:password``. Timeouts are in seconds: ``dial_timeout``
+    bounds connecting, ``request_timeout`` each request including retries.
+    """
+
+    endpoints: tuple[str, ...] = (DEFAULT_ENDPOINT,)
+    cacert: str | Path | None = None
+    cert: str | Path | None = None
+    key: str | Path | None = None
+    user: str | None = field(default=None, repr=False)
+    password_file: str | Path | None = None
+    dial_timeout: float = 2.0
+    request_timeout: float = 5.0
+    keepalive_time: float = 6.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.endpoints, str):
+            raise TypeError("EtcdSettings.endpoints is a tuple; use parse_endpoints() for a string")
+        if not self.endpoints:
+            raise ValueError("no etcd endpoint given")
+        for endpoint in self.endpoints:
+            parse_endpoint(endpoint)
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate needs both cert and key")
+        if self.password_file is not None and not self.user:
+            raise ValueError("password_file needs a user")
+        if self.dial_timeout <= 0 or self.request_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        # etcd refuses gRPC pings more often than every 5 s (--grpc-keepalive-min-time).
+        if self.keepalive_time < 5:
+            raise ValueError("keepalive_time must be at least 5 seconds")
+
+    def parsed_endpoints(self) -> list[Endpoint]:
+        return [parse_endpoint(e) for e in self.endpoints]
+
+
+# ---------------------------------------------------------------------------
+# data types
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int
+
+
+@dataclass(frozen=True)
+class Lease:
+    id: int
+    ttl: int
+
+
+@dataclass(frozen=True)
+class KeepaliveResult:
+    """Answer to one keepalive. ``ttl <= 0``: the lease is gone.
+
+    ``sent_at_monotonic`` is ``time.monotonic()`` taken just before the request
+    was written, so ``sent_at_monotonic + ttl`` never exceeds the true expiry.
+    """
+
+    ttl: int
+    sent_at_monotonic: float
+
+
+class EventType(enum.Enum):
+    PUT = "PUT"
+    DELETE = "DELETE"
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: EventType
+    kv: KeyValue
+    prev_kv: KeyValue | None = None
+
+
+@dataclass(frozen=True)
+class WatchBatch:
+    """Events of one watch response (empty for a progress notification).
+
+    ``revision``: every change under the watched prefix up to this revision
+    has been delivered.
+    """
+
+    events: tuple[WatchEvent, ...]
+    revision: int
+
+
+@dataclass(frozen=True)
+class EndpointStatus:
+    endpoint: str
+    version: str
+    member_id: int
+    leader: int
+    revision: int
+    raft_term: int
+    db_size: int
+
+
+CompareTarget = Literal["value", "version", "create_revision", "mod_revision", "lease"]
+CompareOp = Literal["==", "!=", "<", ">"]
+
+_COMPARE_RESULT = {"==": 0, ">": 1, "<": 2, "!=": 3}
+_COMPARE_TARGET = {"version": 0, "create_revision": 1, "mod_revision": 2, "value": 3, "lease": 4}
+
+
+def _kb(key: str) -> bytes:
+    return key.encode("utf-8", "surrogateescape")
+
+
+def _ks(key: bytes) -> str:
+    return key.decode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True)
+class Compare:
+    """One txn guard, e.g. ``Compare.create_revision(key, "==", 0)``."""
+
+    key: str
+    target: CompareTarget
+    op: CompareOp
+    operand: bytes | int
+
+    @classmethod
+    def value(cls, key: str, op: CompareOp, value: bytes) -> Compare:
+        return cls(key, "value", op, value)
+
+    @classmethod
+    def version(cls, key: str, op: CompareOp, version: int) -> Compare:
+        return cls(key, "version", op, version)
+
+    @classmethod
+    def create_revision(cls, key: str, op: CompareOp, revision: int) -> Compare:
+        return cls(key, "create_revision", op, revision)
+
+    @classmethod
+    def mod_revision(cls, key: str, op: CompareOp, revision: int) -> Compare:
+        return cls(key, "mod_revision", op, revision)
+
+    @classmethod
+    def lease(cls, key: str, op: CompareOp, lease_id: int) -> Compare:
+        return cls(key, "lease", op, lease_id)
+
+    def to_protobuf(self) -> Any:
+        if self.op not in _COMPARE_RESULT or self.target not in _COMPARE_TARGET:
+            raise ValueError(f"bad comparison {self.target} {self.op}")
+        msg = pb.Compare(key=_kb(self.key), result=_COMPARE_RESULT[self.op])
+        msg.target = _COMPARE_TARGET[self.target]
+        if self.target == "value":
+            if not isinstance(self.operand, bytes):
+                raise TypeError("a value comparison takes bytes")
+            msg.value = self.operand
+        else:
+            if not isinstance(self.operand, int) or isinstance(self.operand, bool):
+                raise TypeError(f"a {self.target} comparison takes an int")
+            setattr(msg, self.target, self.operand)
+        return msg
+
+
+@dataclass(frozen=True)
+class Op:
+    """One txn operation: ``Op.put``, ``Op.delete``, ``Op.get``, ``Op.delete_range``, ..."""
+
+    kind: Literal["put", "delete", "get"]
+    key: str
+    value: bytes = b""
+    lease: int = 0
+    range_end: bytes = b""
+
+    @classmethod
+    def put(cls, key: str, value: bytes, lease: int = 0) -> Op:
+        return cls("put", key, value=value, lease=lease)
+
+    @classmethod
+    def delete(cls, key: str) -> Op:
+        return cls("delete", key)
+
+    @classmethod
+    def delete_range(cls, key: str, range_end: str | bytes) -> Op:
+        end = range_end if isinstance(range_end, bytes) else _kb(range_end)
+        return cls("delete", key, range_end=end)
+
+    @classmethod
+    def delete_prefix(cls, prefix: str) -> Op:
+        return cls("delete", prefix, range_end=prefix_range_end(_kb(prefix)))
+
+    @classmethod
+    def get(cls, key: str) -> Op:
+        return cls("get", key)
+
+    @classmethod
+    def get_prefix(cls, prefix: str) -> Op:
+        return cls("get", prefix, range_end=prefix_range_end(_kb(prefix)))
+
+    def to_protobuf(self) -> Any:
+        if self.kind == "put":
+            return pb.RequestOp(
+                request_put=pb.PutRequest(key=_kb(self.key), value=self.value, lease=self.lease)
+            )
+        if self.kind == "delete":
+            return pb.RequestOp(
+                request_delete_range=pb.DeleteRangeRequest(
+                    key=_kb(self.key), range_end=self.range_end
+                )
+            )
+        if self.kind == "get":
+            return pb.RequestOp(
+                request_range=pb.RangeRequest(key=_kb(self.key), range_end=self.range_end)
+            )
+        raise ValueError(f"unknown op kind {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class OpResult:
+    """Result of one txn operation: ``kvs`` for a get, ``deleted`` for a delete."""
+
+    kind: Literal["put", "delete", "get"]
+    kvs: list[KeyValue] = field(default_factory=list)
+    deleted: int = 0
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+    responses: list[OpResult]
+
+
+def _kv(msg: Any) -> KeyValue:
+    return KeyValue(
+        key=_ks(msg.key),
+        value=bytes(msg.value),
+        create_revision=int(msg.create_revision),
+        mod_revision=int(msg.mod_revision),
+        version=int(msg.version),
+        lease=int(msg.lease),
+    )
+
+
+def _op_result(msg: Any) -> OpResult:
+    which = msg.WhichOneof("response")
+    if which == "response_range":
+        return OpResult("get", kvs=[_kv(kv) for kv in msg.response_range.kvs])
+    if which == "response_delete_range":
+        return OpResult("delete", deleted=int(msg.response_delete_range.deleted))
+    if which == "response_put":
+        return OpResult("put")
+    raise EtcdError(f"unexpected txn response {which!r}")
+
+
+# ---------------------------------------------------------------------------
+# error classification
+
+_NOT_SENT_MARKERS = (
+    "failed to connect to all addresses",
+    "errors resolving",
+    "dns resolution failed",
+    "name resolution",
+    "etcdserver: no leader",
+    "etcdserver: not capable",
+)
+_TOKEN_MARKERS = (
+    "invalid auth token",
+    "user name is empty",
+    "revision of auth store is old",
+    "auth token is expired",
+)
+_TLS_MARKERS = ("ssl", "tsi_", "handshake", "certificate")
+
+
+def _not_sent(exc: Any) -> bool:
+    """True when gRPC says the request never reached etcd's state machine."""
+    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    details = (exc.details() or "").lower()
+    return any(m in details for m in _NOT_SENT_MARKERS)
+
+
+def _describe(exc: Any) -> str:
+    details = exc.details() or ""
+    hint = ""
+    if any(m in details.lower() for m in _TLS_MARKERS):
+        hint = " (TLS handshake failed: check the CA, client certificate and key)"
+    return f"{exc.code().name}: {details}{hint}"
+
+
+_BACKOFF = wait_exponential(multiplier=0.05, min=0.05, max=0.5)
+
+
+# ---------------------------------------------------------------------------
+# the store
+
+_READY = grpc.ChannelConnectivity.READY
+_FAILED_STATES = (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN)
+
+
+class _Conn:
+    """The channel and stubs of one endpoint (created on first use)."""
+
+    def __init__(self, endpoint: Endpoint, credentials: Any, options: list[tuple[str, Any]]):
+        self.endpoint = endpoint
+        self._credentials = credentials
+        self._options = options
+        self._channel: Any = None
+        self.ok = False  # connected since its last failure (for quieter logs)
+        self.kv: Any = None
+        self.lease: Any = None
+        self.watch: Any = None
+        self.auth: Any = None
+        self.maintenance: Any = None
+
+    @property
+    def channel(self) -> Any:
+        if self._channel is None:
+            if self._credentials is not None:
+                self._channel = grpc.aio.secure_channel(
+                    self.endpoint.target, self._credentials, options=self._options
+                )
+            else:
+                self._channel = grpc.aio.insecure_channel(
+                    self.endpoint.target, options=self._options
+                )
+            self.kv = pb.KVStub(self._channel)
+            self.lease = pb.LeaseStub(self._channel)
+            self.watch = pb.WatchStub(self._channel)
+            self.auth = pb.AuthStub(self._channel)
+            self.maintenance = pb.MaintenanceStub(self._channel)
+        return self._channel
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            await channel.close()
+
+
+class _KeepaliveStream:
+    """One LeaseKeepAlive stream; answers are matched to callers by lease id, in order."""
+
+    def __init__(self, conn: _Conn, call: Any) -> None:
+        self.conn = conn
+        self.call = call
+        self.pending: dict[int, collections.deque[asyncio.Future[int]]] = {}
+        self.write_lock = asyncio.Lock()
+        self.error: BaseException | None = None
+        self.reader = asyncio.create_task(self._read(), name="etcd-lease-keepalive-reader")
+
+    @property
+    def broken(self) -> bool:
+        return self.error is not None or self.reader.done()
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                resp = await self.call.read()
+                if resp is grpc.aio.EOF:
+                    raise EtcdUnavailable("etcd closed the lease keepalive stream")
+                waiters = self.pending.get(int(resp.ID))
+                while waiters:
+                    fut = waiters.popleft()
+                    if not fut.done():
+                        fut.set_result(int(resp.TTL))
+                        break
+        except BaseException as exc:  # the stream is dead: fail everyone waiting
+            self.error = exc
+            for waiters in self.pending.values():
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_exception(
+                            exc if isinstance(exc, Exception) else EtcdError("stream closed")
+                        )
+            self.pending.clear()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    async def close(self) -> None:
+        self.call.cancel()
+        self.reader.cancel()
+        with contextlib.suppress(BaseException):
+            await self.reader
+
+
+class Store:
+    """Async etcd client: ``await Store.connect(settings)`` or ``async with Store(settings)``."""
+
+    def __init__(self, settings: EtcdSettings | None = None) -> None:
+        self.settings = settings or EtcdSettings()
+        self._endpoints = self.settings.parsed_endpoints()
+        self._conns: list[_Conn] = []
+        self._active = 0
+        self._user: str | None = None
+        self._password: str | None = None
+        self._token: str | None = None
+        self._auth_lock = asyncio.Lock()
+        self._keepalive: _KeepaliveStream | None = None
+        self._keepalive_lock = asyncio.Lock()
+        self._opened = False
+        self._closed = False
+
+    # -- lifecycle
+
+    @classmethod
+    async def connect(cls, settings: EtcdSettings | None = None) -> Store:
+        """Open a store and check that an endpoint answers within ``dial_timeout``."""
+        store = cls(settings)
+        try:
+            await store.open()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def open(self) -> None:
+        if self._opened:
+            return
+        s = self.settings
+        tls_files = await asyncio.to_thread(_read_tls_files, s)
+        ca, cert, key = tls_files
+        any_tls = ca is not None or cert is not None
+        creds = None
+        if any_tls or any(e.scheme == "https" for e in self._endpoints):
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=ca, private_key=key, certificate_chain=cert
+            )
+        options: list[tuple[str, Any]] = [
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.keepalive_time_ms", int(s.keepalive_time * 1000)),
+            ("grpc.keepalive_timeout_ms", int(max(1.0, s.dial_timeout) * 1000)),
+            ("grpc.keepalive_permit_without_calls", 0),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ]
+        for ep in self._endpoints:
+            use_tls = ep.scheme == "https" or (ep.scheme is None and any_tls)
+            self._conns.append(_Conn(ep, creds if use_tls else None, options))
+        if s.user:
+            user, sep, password = s.user.partition(":")
+            self._user = user
+            if sep:
+                self._password = password
+            elif s.password_file is not None:
+                self._password = await asyncio.to_thread(_read_password, s.password_file)
+            else:
+                self._password = ""
+        self._opened = True
+        await self.status(timeout=s.dial_timeout)
+        if self._user is not None:
+            await self._run(
+                "Auth.Authenticate",
+                lambda conn, t: self._authenticate(conn, t, None),
+                idempotent=True,
+                limit=s.dial_timeout,
+            )
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._keepalive is not None:
+            stream, self._keepalive = self._keepalive, None
+            await stream.close()
+        for conn in self._conns:
+            await conn.close()
+
+    async def __aenter__(self) -> Store:
+        try:
+            await self.open()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint requests currently go to."""
+        return str(self._endpoints[self._active])
+
+    # -- plumbing
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EtcdError("the etcd store is closed")
+        if not self._opened:
+            raise EtcdError("the etcd store is not open")
+
+    def _metadata(self, *, stream: bool = False) -> tuple[tuple[str, str], ...] | None:
+        md: list[tuple[str, str]] = []
+        if self._token:
+            md.append(("token", self._token))
+        if stream:
+            # Ask etcd to end the stream when its member loses the leader, so a
+            # partitioned member does not keep a watch or keepalive silently stuck.
+            md.append(("hasleader", "true"))
+        return tuple(md) or None
+
+    def _failed(self, conn: _Conn, why: str) -> None:
+        """Move away from ``conn`` if it is still the active endpoint."""
+        was_ok, conn.ok = conn.ok, False
+        if len(self._conns) > 1 and self._conns[self._active] is conn:
+            self._active = (self._active + 1) % len(self._conns)
+            _log.log(
+                logging.WARNING if was_ok else logging.DEBUG,
+                "etcd endpoint %s failed (%s); switching to %s",
+                conn.endpoint,
+                why,
+                self._conns[self._active].endpoint,
+            )
+        elif was_ok:
+            _log.warning("etcd endpoint %s failed (%s)", conn.endpoint, why)
+
+    async def _ready_conn(self, limit: float) -> _Conn:
+        """The active endpoint once its channel is connected; else rotate and raise _Retryable."""
+        conn = self._conns[self._active]
+        channel = conn.channel
+        try:
+            async with asyncio.timeout(max(0.01, limit)):
+                state = channel.get_state(try_to_connect=True)
+                while state != _READY:
+                    if state in _FAILED_STATES:
+                        raise _Retryable(f"cannot connect to {conn.endpoint}")
+                    await channel.wait_for_state_change(state)
+                    state = channel.get_state(try_to_connect=True)
+        except TimeoutError:
+            self._failed(conn, "connect timed out")
+            raise _Retryable(f"connecting to {conn.endpoint} timed out") from None
+        except _Retryable:
+            self._failed(conn, "cannot connect")
+            raise
+        conn.ok = True
+        return conn
+
+    def _map_error(self, exc: Any, conn: _Conn, op: str, idempotent: bool) -> EtcdError:
+        """Turn a gRPC error into the exception to raise (``_Retryable`` = may retry)."""
+        code = exc.code()
+        details = exc.details() or ""
+        low = details.lower()
+        where = f"{op} on {conn.endpoint}"
+        if any(m in low for m in _TOKEN_MARKERS):
+            if self._user is None:
+                return EtcdAuthError(
+                    f"{where}: etcd requires authentication ({details}); give a user"
+                )
+            return _TokenInvalid(details)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            self._failed(conn, details or "unavailable")
+            if idempotent or _not_sent(exc):
+                return _Retryable(f"{where}: {_describe(exc)}")
+            return EtcdUnavailable(
+                f"{where}: {_describe(exc)}; the write may or may not have been applied",
+                maybe_committed=True,
+            )
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            self._failed(conn, "deadline exceeded")
+            if idempotent:
+                return _Retryable(f"{where}: no answer in time")
+            return EtcdUnavailable(
+                f"{where}: no answer in time; the write may or may not have been applied",
+                maybe_committed=True,
+            )
+        if code == grpc.StatusCode.PERMISSION_DENIED:
+            return EtcdAuthError(f"{where}: permission denied ({details})")
+        if code == grpc.StatusCode.UNAUTHENTICATED or "authentication failed" in low:
+            return EtcdAuthError(f"{where}: {details}")
+        if "lease not found" in low:
+            return EtcdLeaseNotFound(f"{where}: {details}")
+        if code == grpc.StatusCode.CANCELLED and self._closed:
+            return EtcdError("the etcd store is closed")
+        return EtcdError(f"{where}: {code.name}: {details}")
+
+    async def _authenticate(self, conn: _Conn, limit: float, stale: str | None) -> None:
+        """Get a token (unless another task replaced ``stale`` meanwhile)."""
+        async with self._auth_lock:
+            if self._token is not None and self._token != stale:
+                return
+            req = pb.AuthenticateRequest(name=self._user or "", password=self._password or "")
+            try:
+                resp = await conn.auth.Authenticate(req, timeout=limit)
+            except grpc.aio.AioRpcError as exc:
+                details = exc.details() or ""
+                if "authentication is not enabled" in details:
+                    _log.info("etcd has authentication disabled; continuing without a token")
+                    self._token = None
+                    return
+                err = self._map_error(exc, conn, "Auth.Authenticate", True)
+                if isinstance(err, EtcdAuthError):
+                    raise EtcdAuthError(
+                        f"etcd refused user {self._user!r}: {details or 'authentication failed'}"
+                    ) from None
+                raise err from None
+            self._token = str(resp.token)
+
+    async def _run(
+        self,
+        op: str,
+        attempt: Callable[[_Conn, float], Awaitable[T]],
+        *,
+        idempotent: bool,
+        limit: float | None = None,
+    ) -> T:
+        """Run ``attempt(conn, per_try_timeout)`` with fail-over and retries.
+
+        Reads are retried on any transient failure; writes only when the
+        request provably did not reach etcd. A rejected auth token is renewed
+        once per call.
+        """
+        self._check_open()
+        budget = limit if limit is not None else self.settings.request_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        n = len(self._conns)
+        reauthenticated = False
+
+        def remaining() -> float:
+            return deadline - loop.time()
+
+        def wait(state: Any) -> float:
+            return max(0.0, min(_BACKOFF(state), remaining()))
+
+        def retryable(exc: BaseException) -> bool:
+            return isinstance(exc, _Retryable | _TokenInvalid) and remaining() > 0
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(retryable),
+            stop=stop_after_delay(budget),
+            wait=wait,
+            reraise=False,
+        )
+        try:
+            async for try_ in retrying:
+                with try_:
+                    left = max(0.01, remaining())
+                    conn = await self._ready_conn(min(left, self.settings.dial_timeout))
+                    per_try = remaining() if n == 1 else min(remaining(), max(1.0, budget / 2))
+                    per_try = max(0.01, per_try)
+                    if self._user is not None and self._token is None:
+                        await self._authenticate(conn, per_try, None)
+                    token = self._token
+                    try:
+                        return await attempt(conn, per_try)
+                    except grpc.aio.AioRpcError as exc:
+                        err = self._map_error(exc, conn, op, idempotent)
+                        if isinstance(err, _TokenInvalid):
+                            if reauthenticated:
+                                raise EtcdAuthError(f"{op}: {err}") from None
+                            reauthenticated = True
+                            await self._authenticate(conn, max(0.01, remaining()), token)
+                        raise err from None
+        except (RetryError, _Retryable, _TokenInvalid) as exc:
+            last = exc.last_attempt.exception() if isinstance(exc, RetryError) else exc
+            raise EtcdUnavailable(
+                f"no etcd endpoint answered {op} within {budget:g}s"
+                f" ({', '.join(str(e) for e in self._endpoints)}); last error: {last}"
+            ) from None
+        raise AssertionError("unreachable")
+
+    # -- maintenance
+
+    async def status(self, timeout: float | None = None) -> EndpointStatus:  # noqa: ASYNC109
+        """Status of the endpoint in use (works without authentication)."""
+
+        async def attempt(conn: _Conn, t: float) -> EndpointStatus:
+            resp = await conn.maintenance.Status(pb.StatusRequest(), timeout=t)
+            return EndpointStatus(
+                endpoint=str(conn.endpoint),
+                version=str(resp.version),
+                member_id=int(resp.header.member_id),
+                leader=int(resp.leader),
+                revision=int(resp.header.revision),
+                raft_term=int(resp.raftTerm),
+                db_size=int(resp.dbSize),
+            )
+
+        return await self._run("Maintenance.Status", attempt, idempotent=True, limit=timeout)
+
+    async def compact(self, revision: int, *, physical: bool = True) -> None:
+        """Discard history before ``revision`` (watches older than it fail with WatchCompacted)."""
+
+        async def attempt(conn: _Conn, t: float) -> None:
+            await conn.kv.Compact(
+                pb.CompactionRequest(revision=revision, physical=physical),
+                metadata=self._metadata(),
+                timeout=t,
+            )
+
+        await self._run("KV.Compact", attempt, idempotent=True)
+
+    # -- KV
+
+    async def get(self, key: str) -> KeyValue | None:
+        async def attempt(conn: _Conn, t: float) -> KeyValue | None:
+            resp = await conn.kv.Range(
+                pb.RangeRequest(key=_kb(key)), metadata=self._metadata(), timeout=t
+            )
+            return _kv(resp.kvs[0]) if resp.kvs else None
+
+        return await self._run("KV.Range", attempt, idempotent=True)
+
+    async def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """All keys under ``prefix`` sorted by key, and the revision they were read at."""
+        key = _kb(prefix)
+
+        async def attempt(conn: _Conn, t: float) -> tuple[list[KeyValue], int]:
+            resp = await conn.kv.Range(
+                pb.RangeRequest(key=key, range_end=prefix_range_end(key)),
+                metadata=self._metadata(),
+                timeout=t,
+            )
+            return [_kv(kv) for kv in resp.kvs], int(resp.header.revision)
+
+        return await self._run("KV.Range", attempt, idempotent=True)
+
+    async def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        """Write ``key``; returns the revision of the write."""
+
+        async def attempt(conn: _Conn, t: float) -> int:
+            resp = await conn.kv.Put(
+                pb.PutRequest(key=_kb(key), value=value, lease=lease),
+                metadata=self._metadata(),
+                timeout=t,
+            )
+            return int(resp.header.revision)
+
+        return await self._run("KV.Put", attempt, idempotent=False)
+
+    async def _delete_range(self, key: bytes, range_end: bytes) -> int:
+        async def attempt(conn: _Conn, t: float) -> int:
+            resp = await conn.kv.DeleteRange(
+                pb.DeleteRangeRequest(key=key, range_end=range_end),
+                metadata=self._metadata(),
+                timeout=t,
+            )
+            return int(resp.deleted)
+
+        return await self._run("KV.DeleteRange", attempt, idempotent=False)
+
+    async def delete(self, key: str) -> bool:
+        """Delete ``key``; True if it existed."""
+        return await self._delete_range(_kb(key), b"") > 0
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every key under ``prefix``; returns how many were deleted."""
+        key = _kb(prefix)
+        return await self._delete_range(key, prefix_range_end(key))
+
+    async def txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[Op],
+        failure: Sequence[Op] = (),
+    ) -> TxnResult:
+        """If all ``compares`` hold, run ``success``, else ``failure``, atomically.
+
+        Never retried once sent: on a lost answer ``EtcdUnavailable`` has
+        ``maybe_committed`` set and the caller re-reads.
+        """
+        request = pb.TxnRequest(
+            compare=[c.to_protobuf() for c in compares],
+            success=[o.to_protobuf() for o in success],
+            failure=[o.to_protobuf() for o in failure],
+        )
+        read_only = all(o.kind == "get" for o in (*success, *failure))
+
+        async def attempt(conn: _Conn, t: float) -> TxnResult:
+            resp = await conn.kv.Txn(request, metadata=self._metadata(), timeout=t)
+            return TxnResult(
+                succeeded=bool(resp.succeeded),
+                revision=int(resp.header.revision),
+                responses=[_op_result(r) for r in resp.responses],
+            )
+
+        return await self._run("KV.Txn", attempt, idempotent=read_only)
+
+    # -- leases
+
+    async def grant(self, ttl: int) -> Lease:
+        async def attempt(conn: _Conn, t: float) -> Lease:
+            resp = await conn.lease.LeaseGrant(
+                pb.LeaseGrantRequest(TTL=ttl), metadata=self._metadata(), timeout=t
+            )
+            if resp.error:
+                raise EtcdError(f"etcd refused a lease: {resp.error}")
+            return Lease(id=int(resp.ID), ttl=int(resp.TTL))
+
+        return await self._run("Lease.Grant", attempt, idempotent=False)
+
+    async def revoke(self, lease_id: int) -> None:
+        """Revoke a lease (deleting its keys). A lease that is already gone is fine."""
+
+        async def attempt(conn: _Conn, t: float) -> None:
+            await conn.lease.LeaseRevoke(
+                pb.LeaseRevokeRequest(ID=lease_id), metadata=self._metadata(), timeout=t
+            )
+
+        with contextlib.suppress(EtcdLeaseNotFound):
+            await self._run("Lease.Revoke", attempt, idempotent=True)
+
+    async def time_to_live(self, lease_id: int) -> int:
+        """Remaining seconds of a lease, -1 if it does not exist."""
+
+        async def attempt(conn: _Conn, t: float) -> int:
+            resp = await conn.lease.LeaseTimeToLive(
+                pb.LeaseTimeToLiveRequest(ID=lease_id), metadata=self._metadata(), timeout=t
+            )
+            return int(resp.TTL)
+
+        return await self._run("Lease.TimeToLive", attempt, idempotent=True)
+
+    async def _keepalive_stream(self, limit: float) -> _KeepaliveStream:
+        async with self._keepalive_lock:
+            stream = self._keepalive
+            if stream is not None and not stream.broken:
+                return stream
+            if stream is not None:
+                self._keepalive = None
+                await stream.close()
+            conn = await self._ready_conn(min(limit, self.settings.dial_timeout))
+            if self._user is not None and self._token is None:
+                await self._authenticate(conn, limit, None)
+            call = conn.lease.LeaseKeepAlive(metadata=self._metadata(stream=True))
+            self._keepalive = _KeepaliveStream(conn, call)
+            return self._keepalive
+
+    async def keepalive_once(
+        self,
+        lease_id: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline, not a sleep)
+    ) -> KeepaliveResult:
+        """Renew a lease once over the shared keepalive stream.
+
+        Returns the TTL etcd granted (``<= 0``: the lease is gone) and the
+        monotonic time just before the request was sent. Raises
+        ``EtcdUnavailable`` if no answer came within ``timeout`` (default:
+        ``request_timeout``); a broken stream is reopened, on another
+        endpoint if needed, by the next call.
+        """
+        self._check_open()
+        budget = timeout if timeout is not None else self.settings.request_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        reauthenticated = False
+        last: BaseException | None = None
+        while loop.time() < deadline:
+            stream: _KeepaliveStream | None = None
+            fut: asyncio.Future[int] | None = None
+            try:
+                async with asyncio.timeout(max(0.01, deadline - loop.time())):
+                    stream = await self._keepalive_stream(deadline - loop.time())
+                    fut = loop.create_future()
+                    stream.pending.setdefault(lease_id, collections.deque()).append(fut)
+                    async with stream.write_lock:
+                        sent_at = time.monotonic()
+                        await stream.call.write(pb.LeaseKeepAliveRequest(ID=lease_id))
+                    ttl = await fut
+                return KeepaliveResult(ttl=ttl, sent_at_monotonic=sent_at)
+            except TimeoutError:
+                if stream is not None:
+                    # A stream that stops answering is as good as dead: drop it so the
+                    # next call opens a fresh one (on the next endpoint).
+                    self._failed(stream.conn, "lease keepalive not answered")
+                    await self._drop_keepalive(stream)
+                raise EtcdUnavailable(
+                    f"lease {lease_id:x} keepalive not answered within {budget:g}s"
+                ) from last
+            except _Retryable as exc:
+                last = exc
+            except grpc.aio.AioRpcError as exc:
+                last = exc
+                if stream is None:
+                    raise
+                err = self._map_error(exc, stream.conn, "Lease.KeepAlive", True)
+                await self._drop_keepalive(stream)
+                if isinstance(err, _TokenInvalid):
+                    if reauthenticated:
+                        raise EtcdAuthError(f"Lease.KeepAlive: {err}") from None
+                    reauthenticated = True
+                    await self._authenticate(
+                        stream.conn, max(0.01, deadline - loop.time()), self._token
+                    )
+                elif not isinstance(err, _Retryable):
+                    raise err from None
+            except EtcdError as exc:
+                last = exc
+                if stream is not None:
+                    await self._drop_keepalive(stream)
+            finally:
+                if fut is not None and not fut.done():
+                    fut.cancel()
+                    if stream is not None:
+                        waiters = stream.pending.get(lease_id)
+                        if waiters is not None and fut in waiters:
+                            waiters.remove(fut)
+            await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
+        raise EtcdUnavailable(
+            f"lease {lease_id:x} keepalive not answered within {budget:g}s: {last}"
+        )
+
+    async def _drop_keepalive(self, stream: _KeepaliveStream) -> None:
+        async with self._keepalive_lock:
+            if self._keepalive is stream:
+                self._keepalive = None
+        await stream.close()
+
+    # -- watch
+
+    async def watch_prefix(
+        self,
+        prefix: str,
+        start_revision: int = 0,
+        *,
+        prev_kv: bool = False,
+    ) -> AsyncGenerator[WatchBatch, None]:
+        """Watch every key under ``prefix`` from ``start_revision`` (0: from now).
+
+        Yields one :class:`WatchBatch` per etcd response, including empty ones
+        for progress notifications. After a disconnect it resumes from the
+        last delivered revision + 1, on whichever endpoint answers, waiting as
+        long as it takes; if that revision has been compacted meanwhile it
+        raises :class:`WatchCompacted`.
+        """
+        self._check_open()
+        key = _kb(prefix)
+        range_end = prefix_range_end(key)
+        next_rev = start_revision
+        backoff = 0.05
+        outage_logged = False
+        while True:
+            self._check_open()
+            try:
+                conn = await self._ready_conn(self.settings.dial_timeout)
+                if self._user is not None and self._token is None:
+                    await self._authenticate(conn, self.settings.request_timeout, None)
+            except _Retryable as exc:
+                if not outage_logged:
+                    _log.warning("watch on %s waits for etcd: %s", prefix, exc)
+                    outage_logged = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            call = conn.watch.Watch(metadata=self._metadata(stream=True))
+            token = self._token
+            try:
+                await call.write(
+                    pb.WatchRequest(
+                        create_request=pb.WatchCreateRequest(
+                            key=key,
+                            range_end=range_end,
+                            start_revision=next_rev,
+                            prev_kv=prev_kv,
+                            progress_notify=True,
+                        )
+                    )
+                )
+                while True:
+                    resp = await call.read()
+                    if resp is grpc.aio.EOF:
+                        raise _Retryable("etcd closed the watch stream")
+                    if resp.compact_revision:
+                        raise WatchCompacted(int(resp.compact_revision))
+                    if resp.canceled:
+                        reason = str(resp.cancel_reason)
+                        raise self._watch_canceled(reason, conn)
+                    if outage_logged:
+                        _log.info("watch on %s resumed at revision %d", prefix, next_rev)
+                        outage_logged = False
+                    backoff = 0.05
+                    header_rev = int(resp.header.revision)
+                    if resp.created:
+                        if next_rev == 0:
+                            next_rev = header_rev + 1
+                        continue
+                    events = tuple(
+                        _event(ev) for ev in resp.events if int(ev.kv.mod_revision) >= next_rev
+                    )
+                    if events:
+                        last_rev = events[-1].kv.mod_revision
+                        next_rev = last_rev + 1
+                        yield WatchBatch(events, last_rev)
+                    elif not resp.events:
+                        # Progress notification: etcd sends these only to watchers
+                        # that have caught up, so everything up to header_rev is seen.
+                        next_rev = max(next_rev, header_rev + 1)
+                        yield WatchBatch((), next_rev - 1)
+            except grpc.aio.AioRpcError as exc:
+                err = self._map_error(exc, conn, "Watch", True)
+                if isinstance(err, _TokenInvalid):
+                    await self._authenticate(conn, self.settings.request_timeout, token)
+                elif not isinstance(err, _Retryable):
+                    raise err from None
+                if not outage_logged:
+                    _log.warning("watch on %s interrupted (%s); resuming", prefix, err)
+                    outage_logged = True
+            except _Retryable as exc:
+                self._failed(conn, str(exc))
+                if not outage_logged:
+                    _log.warning("watch on %s interrupted (%s); resuming", prefix, exc)
+                    outage_logged = True
+            except _TokenInvalid:
+                await self._authenticate(conn, self.settings.request_timeout, token)
+            finally:
+                call.cancel()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+    def _watch_canceled(self, reason: str, conn: _Conn) -> EtcdError:
+        low = reason.lower()
+        if any(m in low for m in _TOKEN_MARKERS):
+            return _TokenInvalid(reason)
+        if "permission denied" in low:
+            return EtcdAuthError(f"watch refused: {reason}")
+        if "no leader" in low or not reason:
+            return _Retryable(f"watch canceled by {conn.endpoint}: {reason or 'no reason'}")
+        return EtcdError(f"watch canceled by {conn.endpoint}: {reason}")
+
+
+def _event(msg: Any) -> WatchEvent:
+    prev = _kv(msg.prev_kv) if msg.HasField("prev_kv") else None
+    etype = EventType.DELETE if int(msg.type) == 1 else EventType.PUT
+    return WatchEvent(type=etype, kv=_kv(msg.kv), prev_kv=prev)
+
+
+def _read_tls_files(
+    s: EtcdSettings,
+) -> tuple[bytes | None, bytes | None, bytes | None]:
+    def read(path: str | Path | None, what: str) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise EtcdError(f"cannot read the {what} {path}: {exc.strerror}") from None
+
+    return read(s.cacert, "CA certificate"), read(s.cert, "certificate"), read(s.key, "key")
+
+
+def _read_password(path: str | Path) -> str:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise EtcdError(f"cannot read the password file {path}: {exc.strerror}") from None
+    return text.rstrip("\r\n")
