@@ -195,6 +195,8 @@ class FenceGuard:
 
     async def run(self, ready: asyncio.Future[None] | None = None) -> None:
         """Serve the socket until idle for ``idle_exit`` seconds or :meth:`stop`."""
+        # one netlink round trip now, so that the first removal does not pay for warm-up
+        await network.interfaces_present([], netns=self.netns)
         server = await asyncio.start_unix_server(
             self._serve, path=self.socket_path, limit=_MAX_LINE
         )
@@ -245,18 +247,23 @@ class FenceGuard:
 
     async def _remove(self, addresses: Sequence[Address]) -> dict[str, list[Address]]:
         outcome: dict[str, list[Address]] = {"removed": [], "absent": [], "failed": []}
-        for ifname, ip, prefixlen in addresses:
-            try:
-                removed = await network.remove_address(ifname, ip, prefixlen, netns=self.netns)
-            except network.InterfaceNotFound:
-                removed = False
-            except Exception as exc:
+        try:
+            results = await network.remove_addresses(addresses, netns=self.netns)
+        except Exception as exc:  # netlink itself failed: retry them all
+            log.error("fence guard could not reach the kernel's address table: %s", exc)
+            outcome["failed"] = list(addresses)
+            return outcome
+        for (ifname, ip, prefixlen), result in results:
+            address = (ifname, ip, prefixlen if prefixlen is not None else 0)
+            if result.startswith("failed"):
                 log.error(
-                    "fence guard could not remove %s/%s from %s: %s", ip, prefixlen, ifname, exc
+                    "fence guard could not remove %s/%s from %s: %s",
+                    ip,
+                    prefixlen,
+                    ifname,
+                    result.removeprefix("failed: "),
                 )
-                outcome["failed"].append((ifname, ip, prefixlen))
-                continue
-            outcome["removed" if removed else "absent"].append((ifname, ip, prefixlen))
+            outcome[result.split(":")[0]].append(address)
         return outcome
 
     async def _expire(self, group: _Group) -> None:

@@ -394,6 +394,54 @@ async def remove_address(
     return True
 
 
+async def remove_addresses(
+    addresses: Iterable[tuple[str, str, int | None]], *, netns: str | None = None
+) -> list[tuple[tuple[str, str, int | None], str]]:
+    """Remove several ``(ifname, ip, prefixlen)`` at once, over one netlink socket.
+
+    Returns each address with its outcome: ``"removed"``, ``"absent"`` (not
+    there, or its interface is gone) or ``"failed: <reason>"``. Never raises
+    for one address; the fence guard uses it to act fast at a deadline.
+    """
+    items = list(addresses)
+    results: list[tuple[tuple[str, str, int | None], str]] = []
+    async with _rtnl(netns) as ipr:
+        links = await _links(ipr)
+        by_name = {link.ifname: link for link in links.values()}
+        current = await _addresses(ipr, links)
+        for item in items:
+            ifname, ip, prefixlen = item
+            link = by_name.get(ifname)
+            try:
+                addr = _parse_ip(ip)
+            except NetworkError as exc:
+                results.append((item, f"failed: {exc}"))
+                continue
+            matches = [
+                a
+                for a in current
+                if link is not None
+                and a.ifname == ifname
+                and ipaddress.ip_address(a.ip) == addr
+                and prefixlen in (None, a.prefixlen)
+            ]
+            if link is None or not matches:
+                results.append((item, "absent"))
+                continue
+            outcome = "absent"
+            for info in matches:
+                try:
+                    await ipr.addr(
+                        "del", index=link.index, address=str(addr), prefixlen=info.prefixlen
+                    )
+                    outcome = "removed"
+                except NetlinkError as exc:
+                    if exc.code not in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH):
+                        outcome = f"failed: {exc}"
+            results.append((item, outcome))
+    return results
+
+
 async def wait_dad(
     ifname: str,
     ip: str,

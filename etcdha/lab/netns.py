@@ -208,6 +208,29 @@ class LabProcess:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout=timeout)
 
+    async def astop(self, timeout: float = 2.0) -> None:  # noqa: ASYNC109 (grace period)
+        """:meth:`stop` without blocking; for asyncio processes also waits for the exit
+        status, so their transports close while the loop still runs."""
+        for sig in (signal.SIGCONT, signal.SIGTERM):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, sig)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._exited()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+            await self._exited()
+
+    async def _exited(self) -> None:
+        if self.aproc is not None:
+            await self.aproc.wait()
+            return
+        for _ in range(1000):  # 10 s, far beyond a SIGKILL
+            if not self.alive():
+                return
+            await asyncio.sleep(0.01)
+
 
 @dataclass
 class _Port:
@@ -465,6 +488,25 @@ class Topology:
         self._bridges.clear()
         if errors:
             raise LabError("; ".join(errors))
+
+    async def aclose(self) -> None:
+        """:meth:`close` from async code: processes are stopped and reaped on the
+        running loop, the rest runs in a thread."""
+        if self._closed:
+            return
+        await asyncio.gather(*(proc.astop(timeout=1.0) for proc in self._processes))
+        await asyncio.to_thread(self.close)
+
+    async def __aenter__(self) -> Topology:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     def __enter__(self) -> Topology:
         return self
