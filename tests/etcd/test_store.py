@@ -395,6 +395,29 @@ async def test_watch_resumes_after_restart_and_kill(etcd_process: EtcdServer, pr
     assert revisions == list(range(revisions[0], revisions[0] + 7))  # none missed or repeated
 
 
+async def test_watch_resumed_between_catch_up_batches_misses_nothing(
+    etcd_process: EtcdServer, prefix: str
+) -> None:
+    # etcd replays history in batches of at most 1000 revisions, each stamped with
+    # the current revision; resuming must follow the events, not that stamp.
+    proc = etcd_process.process
+    assert proc is not None
+    async with Store(etcd_process.settings(request_timeout=2.0)) as store:
+        _, rev = await store.get_prefix(prefix)
+        for i in range(1200):
+            await store.put(f"{prefix}{i:04d}", b"")
+        watch = store.watch_prefix(prefix, rev + 1)
+        try:
+            first = await anext(watch)
+            assert 0 < len(first.events) < 1200
+            await asyncio.to_thread(proc.restart)
+            rest = await take(watch, 1200 - len(first.events))
+        finally:
+            await watch.aclose()
+    revisions = [e.kv.mod_revision for e in (*first.events, *rest)]
+    assert revisions == list(range(rev + 1, rev + 1201))
+
+
 # ---------------------------------------------------------------------------
 # availability
 
