@@ -42,7 +42,7 @@ async def _gone_at(ns: str) -> float:
 
 def _summary(name: str, values: list[float]) -> str:
     values = sorted(values)
-    p95 = values[min(len(values) - 1, int(round(0.95 * (len(values) - 1))))]
+    p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
     return (
         f"{name:<28} min {values[0]:6.2f}  median {statistics.median(values):6.2f}  "
         f"p95 {p95:6.2f}  max {values[-1]:6.2f}  (ms, {len(values)} rounds)"
