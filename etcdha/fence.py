@@ -351,7 +351,9 @@ class FenceGuard:
                         raise ValueError("a request is a JSON object")
                     reply = await self._handle(request)
                     if request.get("op") == "hello":
-                        name = f"agent {request.get('agent') or '?'} (pid {request.get('pid')})"
+                        agent = request.get("agent")
+                        name = f"agent {agent}" if agent else "an agent"
+                        name += f" (pid {request.get('pid')})"
                         log.info("fence guard: %s connected", name)
                 except KeyError as exc:
                     reply = {"ok": False, "error": f"missing field {exc}"}
