@@ -571,11 +571,12 @@ class _KeepaliveStream:
         self.pending: dict[int, collections.deque[asyncio.Future[int]]] = {}
         self.write_lock = asyncio.Lock()
         self.error: BaseException | None = None
+        self.abandoned = False
         self.reader = asyncio.create_task(self._read(), name="etcd-lease-keepalive-reader")
 
     @property
     def broken(self) -> bool:
-        return self.error is not None or self.reader.done()
+        return self.abandoned or self.error is not None or self.reader.done()
 
     async def _read(self) -> None:
         try:
@@ -583,29 +584,40 @@ class _KeepaliveStream:
                 resp = await self.call.read()
                 if resp is grpc.aio.EOF:
                     raise EtcdUnavailable("etcd closed the lease keepalive stream")
+                # One answer per request, in order: it belongs to the oldest waiter
+                # (even if that one has given up meanwhile).
                 waiters = self.pending.get(int(resp.ID))
-                while waiters:
+                if waiters:
                     fut = waiters.popleft()
                     if not fut.done():
                         fut.set_result(int(resp.TTL))
-                        break
         except BaseException as exc:  # the stream is dead: fail everyone waiting
             self.error = exc
             for waiters in self.pending.values():
                 for fut in waiters:
                     if not fut.done():
                         fut.set_exception(
-                            exc if isinstance(exc, Exception) else EtcdError("stream closed")
+                            exc
+                            if isinstance(exc, Exception)
+                            else EtcdUnavailable("the lease keepalive stream was closed")
                         )
             self.pending.clear()
             if isinstance(exc, asyncio.CancelledError):
                 raise
 
-    async def close(self) -> None:
+    def abandon(self) -> None:
+        """End the stream now (synchronously), failing every pending keepalive.
+
+        Used when a caller gives up on an answer: a late answer must never be
+        taken for the answer to a later keepalive, whose send time is later.
+        """
+        self.abandoned = True
         self.call.cancel()
         self.reader.cancel()
-        with contextlib.suppress(BaseException):
-            await self.reader
+
+    async def close(self) -> None:
+        self.abandon()
+        await asyncio.wait([self.reader])
 
 
 class Store:
@@ -619,6 +631,7 @@ class Store:
         self._user: str | None = None
         self._password: str | None = None
         self._token: str | None = None
+        self._auth_disabled = False  # etcd said authentication is not enabled
         self._auth_lock = asyncio.Lock()
         self._keepalive: _KeepaliveStream | None = None
         self._keepalive_lock = asyncio.Lock()
@@ -718,6 +731,9 @@ class Store:
         if not self._opened:
             raise EtcdError("the etcd store is not open")
 
+    def _needs_token(self) -> bool:
+        return self._user is not None and self._token is None and not self._auth_disabled
+
     def _metadata(self, *, stream: bool = False) -> tuple[tuple[str, str], ...] | None:
         md: list[tuple[str, str]] = []
         if self._token:
@@ -815,6 +831,7 @@ class Store:
                 if "authentication is not enabled" in details:
                     _log.info("etcd has authentication disabled; continuing without a token")
                     self._token = None
+                    self._auth_disabled = True
                     return
                 err = self._map_error(exc, conn, "Auth.Authenticate", True)
                 if isinstance(err, EtcdAuthError):
@@ -823,6 +840,7 @@ class Store:
                     ) from None
                 raise err from None
             self._token = str(resp.token)
+            self._auth_disabled = False
 
     async def _run(
         self,
@@ -867,7 +885,7 @@ class Store:
                     conn = await self._ready_conn(min(left, self.settings.dial_timeout))
                     per_try = remaining() if n == 1 else min(remaining(), max(1.0, budget / 2))
                     per_try = max(0.01, per_try)
-                    if self._user is not None and self._token is None:
+                    if self._needs_token():
                         await self._authenticate(conn, per_try, None)
                     token = self._token
                     try:
@@ -1049,7 +1067,7 @@ class Store:
                 self._keepalive = None
                 await stream.close()
             conn = await self._ready_conn(min(limit, self.settings.dial_timeout))
-            if self._user is not None and self._token is None:
+            if self._needs_token():
                 await self._authenticate(conn, limit, None)
             call = conn.lease.LeaseKeepAlive(metadata=self._metadata(stream=True))
             self._keepalive = _KeepaliveStream(conn, call)
@@ -1077,6 +1095,7 @@ class Store:
         while loop.time() < deadline:
             stream: _KeepaliveStream | None = None
             fut: asyncio.Future[int] | None = None
+            answered = False
             try:
                 async with asyncio.timeout(max(0.01, deadline - loop.time())):
                     stream = await self._keepalive_stream(deadline - loop.time())
@@ -1086,6 +1105,7 @@ class Store:
                         sent_at = time.monotonic()
                         await stream.call.write(pb.LeaseKeepAliveRequest(ID=lease_id))
                     ttl = await fut
+                    answered = True
                 return KeepaliveResult(ttl=ttl, sent_at_monotonic=sent_at)
             except TimeoutError:
                 if stream is not None:
@@ -1101,7 +1121,7 @@ class Store:
             except grpc.aio.AioRpcError as exc:
                 last = exc
                 if stream is None:
-                    raise
+                    raise EtcdUnavailable(f"lease keepalive: {_describe(exc)}") from None
                 err = self._map_error(exc, stream.conn, "Lease.KeepAlive", True)
                 await self._drop_keepalive(stream)
                 if isinstance(err, _TokenInvalid):
@@ -1113,17 +1133,18 @@ class Store:
                     )
                 elif not isinstance(err, _Retryable):
                     raise err from None
-            except EtcdError as exc:
+            except (EtcdUnavailable, asyncio.InvalidStateError) as exc:
+                # The stream ended under us: open a new one and send again.
                 last = exc
                 if stream is not None:
                     await self._drop_keepalive(stream)
             finally:
-                if fut is not None and not fut.done():
+                if fut is not None and not answered:
+                    # Timed out, cancelled or failed after (maybe) sending: its answer
+                    # may still come, so this stream must not serve later keepalives.
                     fut.cancel()
                     if stream is not None:
-                        waiters = stream.pending.get(lease_id)
-                        if waiters is not None and fut in waiters:
-                            waiters.remove(fut)
+                        stream.abandon()
             await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
         raise EtcdUnavailable(
             f"lease {lease_id:x} keepalive not answered within {budget:g}s: {last}"
@@ -1162,7 +1183,7 @@ class Store:
             self._check_open()
             try:
                 conn = await self._ready_conn(self.settings.dial_timeout)
-                if self._user is not None and self._token is None:
+                if self._needs_token():
                     await self._authenticate(conn, self.settings.request_timeout, None)
             except _Retryable as exc:
                 if not outage_logged:
@@ -1215,22 +1236,29 @@ class Store:
                         # that have caught up, so everything up to header_rev is seen.
                         next_rev = max(next_rev, header_rev + 1)
                         yield WatchBatch((), next_rev - 1)
-            except grpc.aio.AioRpcError as exc:
-                err = self._map_error(exc, conn, "Watch", True)
+            except (
+                grpc.aio.AioRpcError,
+                asyncio.InvalidStateError,
+                _Retryable,
+                _TokenInvalid,
+            ) as exc:
+                err: EtcdError
+                if isinstance(exc, grpc.aio.AioRpcError):
+                    err = self._map_error(exc, conn, "Watch", True)
+                elif isinstance(exc, asyncio.InvalidStateError):
+                    err = _Retryable(f"the watch stream to {conn.endpoint} ended")
+                else:
+                    err = exc
                 if isinstance(err, _TokenInvalid):
-                    await self._authenticate(conn, self.settings.request_timeout, token)
+                    with contextlib.suppress(_Retryable):
+                        await self._authenticate(conn, self.settings.request_timeout, token)
                 elif not isinstance(err, _Retryable):
                     raise err from None
+                elif not isinstance(exc, grpc.aio.AioRpcError):
+                    self._failed(conn, str(err))
                 if not outage_logged:
                     _log.warning("watch on %s interrupted (%s); resuming", prefix, err)
                     outage_logged = True
-            except _Retryable as exc:
-                self._failed(conn, str(exc))
-                if not outage_logged:
-                    _log.warning("watch on %s interrupted (%s); resuming", prefix, exc)
-                    outage_logged = True
-            except _TokenInvalid:
-                await self._authenticate(conn, self.settings.request_timeout, token)
             finally:
                 call.cancel()
             await asyncio.sleep(backoff)

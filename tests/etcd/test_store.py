@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import time
 from collections.abc import AsyncGenerator
@@ -286,6 +287,39 @@ async def test_concurrent_keepalives_share_one_stream(store: Store) -> None:
     assert all(r.ttl == 10 for r in results)
     for lease in leases:
         await store.revoke(lease.id)
+
+
+async def test_keepalive_answers_go_to_their_own_request() -> None:
+    # Internal invariant behind the fencing deadline: an answer that arrives after
+    # its caller gave up must not be taken as the answer to a later keepalive.
+    from types import SimpleNamespace
+
+    from etcdha.store import _KeepaliveStream
+
+    class FakeCall:
+        def __init__(self) -> None:
+            self.answers: asyncio.Queue[object] = asyncio.Queue()
+
+        async def read(self) -> object:
+            return await self.answers.get()
+
+        def cancel(self) -> None:
+            pass
+
+    call = FakeCall()
+    stream = _KeepaliveStream(conn=None, call=call)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    first: asyncio.Future[int] = loop.create_future()
+    second: asyncio.Future[int] = loop.create_future()
+    stream.pending[7] = collections.deque([first, second])
+    first.cancel()  # its caller timed out
+    await call.answers.put(SimpleNamespace(ID=7, TTL=5))  # the late answer to the first
+    await asyncio.sleep(0.01)
+    assert not second.done()
+    await call.answers.put(SimpleNamespace(ID=7, TTL=4))
+    assert await asyncio.wait_for(second, 1) == 4
+    await stream.close()
+    assert stream.broken
 
 
 # ---------------------------------------------------------------------------
