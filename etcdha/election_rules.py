@@ -88,7 +88,11 @@ def preference(spec: ClusterSpec, group: Group) -> list[str]:
 
 def candidates(spec: ClusterSpec, group: Group, view: ClusterView) -> list[str]:
     """Live, eligible members in the order they should lead this group."""
-    order = [n for n in preference(spec, group) if (m := view.members.get(n)) and m.eligible]
+    order = [
+        n
+        for n in preference(spec, group)
+        if (m := view.members.get(n)) and m.eligible and n not in view.standby
+    ]
     target = view.takeover.get(group.name)
     if target in order:
         order.remove(target)

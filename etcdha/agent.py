@@ -1,0 +1,509 @@
+"""The agent: one per director, composing lease, view, eligibility and groups.
+
+Level-triggered: any change in etcd, in eligibility or in time wakes one
+reconcile pass that asks election_rules.decide() what each group needs and
+does it. Stopping with SIGTERM hands every group over gracefully; SIGUSR1
+stops without handing over (a planned restart: the next agent on this host
+reclaims the lease and its leadership before the lease expires).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from etcdha import __version__, metrics, network, resources
+from etcdha.election import GroupRunner, LeaseKeeper
+from etcdha.election_rules import Action, ClusterView, Leader, decide
+from etcdha.eligibility import Eligibility
+from etcdha.events import now_rfc3339
+from etcdha.fence import FenceClient
+from etcdha.httpd import HTTPServer
+from etcdha.keyspace import Keyspace
+from etcdha.notify import Notifier
+from etcdha.spec import ClusterSpec
+from etcdha.spec_load import Loaded
+from etcdha.store import Compare, EtcdError, EtcdSettings, Op, Store, WatchCompacted
+from etcdha.view_sync import ViewSync
+
+log = logging.getLogger(__name__)
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+@dataclass
+class AgentOptions:
+    node: str
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 9614
+    run_dir: Path = Path("/run/etcdha")
+    tick: float = 1.0  # the HA loop runs at least this often
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def pid_is_agent(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"etcdha" in cmdline
+
+
+class Agent:
+    def __init__(self, settings: EtcdSettings, ks: Keyspace, opts: AgentOptions) -> None:
+        self.settings = settings
+        self.ks = ks
+        self.opts = opts
+        self.node = opts.node
+        self.view = ClusterView()
+        self.spec: ClusterSpec | None = None
+        self.config_revision = 0
+        self.wake = asyncio.Event()
+        self.stop_mode: str | None = None  # "handover" or "restart"
+        self.stopped = asyncio.Event()
+        self.last_pass = 0.0
+        self.runners: dict[str, GroupRunner] = {}
+        self._member_value: bytes = b""
+        self._next_wake: float | None = None
+
+    # -- start-up
+
+    def _spec(self) -> ClusterSpec:
+        assert self.spec is not None
+        return self.spec
+
+    def _on_config(self, loaded: Loaded, revision: int) -> None:
+        first = self.spec is None
+        self.spec = loaded.spec
+        self.config_revision = revision
+        if first:
+            log.info("loaded config revision %d", revision)
+        else:
+            log.info("config revision %d is in force; re-evaluating every group", revision)
+            self._rebuild_runners()
+        self.wake.set()
+
+    async def _wait_for_config(self, store: Store, sync: ViewSync) -> int:
+        said = False
+        while True:
+            kvs, revision = await store.get_prefix(self.ks.root)
+            sync.load(kvs)
+            if self.spec is not None:
+                return revision
+            if not said:
+                log.info("waiting for a config at %s (etcdha config apply FILE)", self.ks.config())
+                said = True
+            await asyncio.sleep(1.0)
+
+    def _member_data(self, eligible: bool, why: str | None) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "host": socket.gethostname(),
+            "boot_id": boot_id(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "lease": self.keeper.lease_id,
+            "eligible": eligible,
+            "why": why,
+            "listen": f"{self.opts.listen_host}:{self.opts.listen_port}",
+            "holding": {name: r.held() for name, r in sorted(self.runners.items()) if r.active},
+            "config_revision": self.config_revision,
+            "started": self.started_at,
+        }
+
+    async def _register(self, store: Store) -> None:
+        """Reclaim our lease after a planned restart, or take a new one; refuse to
+        run beside a live agent of the same node name."""
+        key = self.ks.member(self.node)
+        existing = await store.get(key)
+        if existing is not None and existing.lease:
+            try:
+                data = json.loads(existing.value)
+            except ValueError:
+                data = {}
+            same_host = (
+                data.get("boot_id") == boot_id() and data.get("host") == socket.gethostname()
+            )
+            pid = data.get("pid")
+            if same_host and isinstance(pid, int) and pid != os.getpid() and pid_is_agent(pid):
+                raise AlreadyRunning(
+                    f"node {self.node} is already live: pid {pid} on this host holds {key}; "
+                    "stop it first, or give this agent another --node"
+                )
+            if not same_host:
+                ttl = await store.time_to_live(existing.lease)
+                raise AlreadyRunning(
+                    f"node {self.node} is already live on host {data.get('host', '?')} "
+                    f"({key}, lease {existing.lease:x}, {ttl}s left); stop that agent or use "
+                    "another --node (if it crashed, its lease expires within that time)"
+                )
+            if await self.keeper.reclaim(existing.lease):
+                log.info("planned restart: reclaimed lease %x of pid %s", existing.lease, pid)
+                return
+        await self.keeper.grant()
+        ok, why = False, "starting"
+        value = json.dumps(self._member_data(ok, why)).encode()
+        result = await store.txn(
+            [Compare.create_revision(key, "==", 0)],
+            [Op.put(key, value, lease=self.keeper.lease_id)],
+        )
+        if not result.succeeded:
+            await self.keeper.revoke()
+            raise AlreadyRunning(
+                f"node {self.node} registered concurrently by another agent ({key})"
+            )
+
+    # -- the loop
+
+    async def run(self) -> None:
+        self.started_at = now_rfc3339()
+        self.opts.run_dir.mkdir(parents=True, exist_ok=True)
+        async with await Store.connect(self.settings) as store:
+            self.store = store
+            sync = ViewSync(self.ks, self.view, time.monotonic, self._on_config)
+            revision = await self._wait_for_config(store, sync)
+            spec = self._spec()
+            base = self.opts.run_dir / f"fence-{self.ks.cluster}-{self.node}"
+            self.fence = FenceClient(f"{base}.sock", agent=self.node, log_file=f"{base}.log")
+            await self.fence.connect()
+            self.keeper = LeaseKeeper(
+                store,
+                spec.election.lease_ttl,
+                spec.election.keepalive_interval,
+                spec.election.fence_margin,
+                self._renewed,
+            )
+            self.notifier = Notifier(spec.notify.commands, spec.notify.timeout)
+            self.eligibility = Eligibility(self.node, self._spec, self.view)
+            await self._register(store)
+            self._rebuild_runners()
+            kvs, revision = await store.get_prefix(self.ks.root)
+            sync.load(kvs)
+            await self._remove_stale_addresses()
+            await self.eligibility.refresh()
+            http = HTTPServer(
+                self.opts.listen_host, self.opts.listen_port, self._healthz, self._readyz
+            )
+            await http.start()
+            self._install_signals()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._lease_loop(), name="lease")
+                    tg.create_task(self._watch(sync, revision), name="watch")
+                    tg.create_task(self._eligibility_loop(), name="eligibility")
+                    tg.create_task(self._fence_timer(), name="fence-timer")
+                    tg.create_task(self._audit_loop(), name="audit")
+                    tg.create_task(self.notifier.run(), name="notify")
+                    tg.create_task(self._reconcile_loop(), name="reconcile")
+                    tg.create_task(self._stop_when_asked(), name="stop")
+            except* _Stop:
+                pass
+            finally:
+                await http.close()
+            await self._shutdown()
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig, mode in (
+            (signal.SIGTERM, "handover"),
+            (signal.SIGINT, "handover"),
+            (signal.SIGUSR1, "restart"),
+        ):
+            loop.add_signal_handler(sig, self.request_stop, mode)
+
+    def request_stop(self, mode: str) -> None:
+        if self.stop_mode is None:
+            log.info(
+                "stopping: %s",
+                "handing every group over"
+                if mode == "handover"
+                else "planned restart, keeping lease and addresses until the next agent",
+            )
+            self.stop_mode = mode
+            self.stopped.set()
+
+    async def _stop_when_asked(self) -> None:
+        await self.stopped.wait()
+        raise _Stop
+
+    async def _shutdown(self) -> None:
+        if self.stop_mode == "restart":
+            self.fence.close()
+            return
+        for runner in self.runners.values():
+            if runner.term is not None or runner.active:
+                await runner.handover("the agent is shutting down")
+        with contextlib.suppress(EtcdError):
+            await self.keeper.revoke()
+        self.fence.close()
+
+    def _rebuild_runners(self) -> None:
+        spec = self._spec()
+        node = next((n for n in spec.nodes if n.name == self.node), None)
+        wanted = {g.name: g for g in spec.groups}
+        for name in list(self.runners):
+            if name not in wanted:
+                runner = self.runners.pop(name)
+                asyncio.get_running_loop().create_task(
+                    runner.handover(f"group {name} is no longer in the config")
+                )
+        if node is None:
+            return
+        for g in spec.groups:
+            runner = self.runners.get(g.name) or GroupRunner(
+                g.name, self.node, self.store, self.ks, self.fence, self.notifier
+            )
+            self.runners[g.name] = runner
+            fresh = resources.build(g.name, list(g.resources), node, spec.announce)
+            if not runner.active:
+                runner.set_resources(fresh)
+            elif [r.describe() for r in fresh] != [r.describe() for r in runner.resources]:
+                asyncio.get_running_loop().create_task(self._restart_group(runner, fresh))
+
+    async def _restart_group(self, runner: GroupRunner, fresh: list[resources.Resource]) -> None:
+        log.info("group %s: its resources changed in the config; restarting them", runner.name)
+        await runner.deactivate("released", "resources changed")
+        runner.set_resources(fresh)
+        self.wake.set()
+
+    async def _remove_stale_addresses(self) -> None:
+        """Addresses of groups we do not lead must not linger from an earlier run."""
+        for name, runner in self.runners.items():
+            leader = self.view.leaders.get(name)
+            if leader and leader.node == self.node and leader.lease == self.keeper.lease_id:
+                continue
+            for r in runner.resources:
+                if isinstance(r, resources.AddressRuntime):
+                    with contextlib.suppress(resources.ResourceError):
+                        held = await r.resolve()
+                        if await _present(held):
+                            log.warning(
+                                "removing %s/%d from %s: left from an earlier run, and %s "
+                                "does not lead %s",
+                                held.ip,
+                                held.prefixlen,
+                                held.ifname,
+                                self.node,
+                                name,
+                            )
+                            await r.stop()
+
+    async def _renewed(self, deadline: float) -> None:
+        for runner in self.runners.values():
+            await runner.renew(deadline)
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await self.keeper.run()
+            # The lease is gone in etcd: whatever we held is someone else's now.
+            for runner in self.runners.values():
+                if runner.active or runner.term:
+                    await runner.fenced("the lease expired in etcd")
+            while True:
+                try:
+                    await self.keeper.grant()
+                    await self._put_member(force=True)
+                    break
+                except EtcdError as e:
+                    log.warning("cannot take a new lease yet: %s", e)
+                    await asyncio.sleep(1.0)
+            self.wake.set()
+
+    async def _fence_timer(self) -> None:
+        """Drop addresses at the deadline if no keepalive moved it."""
+        while True:
+            remaining = self.keeper.remaining()
+            if remaining > 0:
+                await asyncio.sleep(min(remaining, 0.1) if remaining < 1 else remaining - 0.5)
+                continue
+            active = [r for r in self.runners.values() if r.active]
+            for runner in active:
+                log.error(
+                    "group %s: no keepalive acknowledged in time; dropping its addresses "
+                    "before the lease can expire in etcd",
+                    runner.name,
+                )
+                await runner.fenced("lease renewal overdue (etcd unreachable?)")
+            await asyncio.sleep(0.1)
+
+    async def _watch(self, sync: ViewSync, revision: int) -> None:
+        while True:
+            try:
+                async for batch in self.store.watch_prefix(self.ks.root, revision + 1):
+                    for event in batch.events:
+                        sync.apply(event)
+                    revision = batch.revision
+                    if batch.events:
+                        self.eligibility.poke()
+                        self.wake.set()
+            except WatchCompacted as e:
+                log.warning(
+                    "watch fell behind compaction (revision %d); re-reading everything",
+                    e.compact_revision,
+                )
+                kvs, revision = await self._read_all()
+                sync.load(kvs)
+                self.eligibility.poke()
+                self.wake.set()
+
+    async def _read_all(self) -> tuple[list[Any], int]:
+        while True:
+            try:
+                return await self.store.get_prefix(self.ks.root)
+            except EtcdError as e:
+                log.warning("cannot re-read %s: %s", self.ks.root, e)
+                await asyncio.sleep(0.5)
+
+    async def _eligibility_loop(self) -> None:
+        async def changed() -> None:
+            while True:
+                await self.eligibility.changed.wait()
+                self.eligibility.changed.clear()
+                await self._put_member()
+                self.wake.set()
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(changed())
+            tg.create_task(self.eligibility.run())
+
+    async def _put_member(self, force: bool = False) -> None:
+        ok, why = self.eligibility.current()
+        value = json.dumps(self._member_data(ok, why)).encode()
+        if value == self._member_value and not force:
+            return
+        metrics.eligible.set(1 if ok else 0)
+        try:
+            await self.store.put(self.ks.member(self.node), value, lease=self.keeper.lease_id)
+            self._member_value = value
+        except EtcdError as e:
+            log.warning("could not update %s: %s", self.ks.member(self.node), e)
+
+    async def _audit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._spec().election.audit_interval)
+            for runner in self.runners.values():
+                if runner.active and self.keeper.alive():
+                    for r in runner.resources:
+                        try:
+                            await r.audit()
+                        except resources.ResourceError as e:
+                            log.error("group %s: %s", runner.name, e)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            timeout = self.opts.tick
+            if self._next_wake is not None:
+                timeout = max(0.0, min(timeout, self._next_wake - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            self.wake.clear()
+            self._next_wake = None
+            try:
+                await self._reconcile()
+            except EtcdError as e:
+                log.warning("etcd did not answer during the HA loop: %s; trying again", e)
+                self._schedule(0.2)
+            self.last_pass = time.monotonic()
+            metrics.ha_loop_last_run.set(time.time())
+
+    def _schedule(self, delay: float) -> None:
+        at = time.monotonic() + delay
+        if self._next_wake is None or at < self._next_wake:
+            self._next_wake = at
+
+    async def _reconcile(self) -> None:
+        spec = self._spec()
+        ok, why = self.eligibility.current()
+        now = time.monotonic()
+        holding_before = {n: r.active for n, r in self.runners.items()}
+        for group in spec.groups:
+            runner = self.runners.get(group.name)
+            if runner is None:
+                continue
+            leader = self.view.leaders.get(group.name)
+            mine = (
+                leader is not None
+                and leader.node == self.node
+                and (leader.lease == self.keeper.lease_id)
+            )
+            if leader is not None and leader.node == self.node and not mine:
+                # A leader key from an earlier lease of ours; it goes with that lease.
+                if runner.active or runner.term:
+                    await runner.deposed("our earlier lease still holds the key")
+                continue
+            d = decide(spec, group, self.view, self.node, ok, why, now)
+            if d.retry_in is not None:
+                self._schedule(d.retry_in)
+            if d.action is Action.hold and leader is not None:
+                runner.adopt(leader.term)
+                if self.keeper.alive():
+                    await self._activate(runner, group.name)
+            elif d.action is Action.handover:
+                member = json.dumps(self._member_data(ok, why)).encode()
+                await runner.handover(
+                    d.reason,
+                    [Op.put(self.ks.member(self.node), member, lease=self.keeper.lease_id)],
+                )
+            elif d.action is Action.campaign and self.keeper.alive():
+                won = await runner.campaign(
+                    self.keeper.lease_id, d.reason, self.view.takeover.get(group.name)
+                )
+                if won and runner.term is not None:
+                    self.view.set_leader(
+                        group.name,
+                        Leader(self.node, self.keeper.lease_id, runner.term.revision),
+                        now,
+                    )
+                    await self._activate(runner, group.name)
+                else:
+                    self._schedule(0.05)
+            elif d.action in (Action.follow, Action.wait) and (runner.active or runner.term):
+                await runner.deposed(d.reason)
+        if {n: r.active for n, r in self.runners.items()} != holding_before:
+            await self._put_member()
+
+    async def _activate(self, runner: GroupRunner, name: str) -> None:
+        try:
+            await runner.activate(self.keeper.deadline)
+        except resources.ResourceError as e:
+            await runner.handover(f"its resources failed to start: {e}")
+
+    # -- health endpoints
+
+    def _healthz(self) -> tuple[bool, str]:
+        ttl = self._spec().election.lease_ttl if self.spec else 10.0
+        age = time.monotonic() - self.last_pass
+        if age <= ttl:
+            return True, f"ok: HA loop ran {age:.1f}s ago"
+        return False, f"HA loop last ran {age:.1f}s ago (more than the {ttl:g}s TTL)"
+
+    def _readyz(self) -> tuple[bool, str]:
+        if not self.keeper.alive():
+            return False, "no live lease"
+        return True, "ok"
+
+
+class _Stop(Exception):
+    pass
+
+
+async def _present(held: resources.HeldAddress) -> bool:
+    return await network.has_address(held.ifname, held.ip)

@@ -1,0 +1,118 @@
+"""`etcdha agent start|stop`: the director agent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from etcdha.agent import Agent, AgentOptions, AlreadyRunning
+from etcdha.cli.common import EXIT_CODES_HELP, Conn, Exit, err, fail, run_async, with_conn
+from etcdha.store import EtcdUnavailable
+
+app = typer.Typer(
+    help="Run the director agent (one per director).\n\n" + EXIT_CODES_HELP,
+    no_args_is_help=True,
+)
+
+NodeOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="ETCDHA_NODE", help="This node's name, as in the config (default: hostname)."
+    ),
+]
+RunDir = Annotated[
+    Path,
+    typer.Option(envvar="ETCDHA_RUN_DIR", help="Pid file and fence guard socket live here."),
+]
+
+
+def _pid_file(run_dir: Path, cluster: str, node: str) -> Path:
+    return run_dir / f"agent-{cluster}-{node}.pid"
+
+
+@app.command()
+@with_conn
+def start(
+    node: NodeOpt = None,
+    listen: Annotated[
+        str,
+        typer.Option(
+            envvar="ETCDHA_LISTEN",
+            help="host:port of the HTTP listener for /metrics, /healthz and /readyz.",
+        ),
+    ] = "127.0.0.1:9614",
+    run_dir: RunDir = Path("/run/etcdha"),
+    *,
+    conn: Conn,
+) -> None:
+    """Run this director's agent in the foreground until SIGTERM.
+
+    It registers members/NODE under a lease, campaigns for each resource group,
+    holds the group's addresses while it leads (announcing them with gratuitous
+    ARP / unsolicited NA), and drops them before its lease can expire.
+
+    SIGTERM or SIGINT: hand every group over gracefully, then exit.
+    SIGUSR1 (`etcdha agent stop --restart`): exit WITHOUT handing over, for an
+    upgrade; an agent started again on this host within the lease TTL reclaims
+    the lease and its groups, so the VIP does not move.
+    """
+    name = node or socket.gethostname()
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        fail(f"--listen: {listen!r} is not host:port", Exit.USAGE)
+    opts = AgentOptions(
+        node=name, listen_host=host.strip("[]"), listen_port=int(port), run_dir=run_dir
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pid_file = _pid_file(run_dir, conn.keyspace.cluster, name)
+    agent = Agent(conn.settings, conn.keyspace, opts)
+    pid_file.write_text(f"{os.getpid()}\n")
+    try:
+        run_async(agent.run())
+    except AlreadyRunning as e:
+        fail(f"refusing to start: {e}")
+    except EtcdUnavailable as e:
+        fail(f"etcd unreachable: {e}", Exit.UNREACHABLE)
+    finally:
+        if pid_file.exists() and pid_file.read_text().strip() == str(os.getpid()):
+            pid_file.unlink()
+
+
+@app.command()
+def stop(
+    node: NodeOpt = None,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart",
+            help="Planned restart: stop without handing over; start the agent again "
+            "within the lease TTL and nothing moves.",
+        ),
+    ] = False,
+    cluster: Annotated[str, typer.Option(envvar="ETCDHA_CLUSTER")] = "default",
+    run_dir: RunDir = Path("/run/etcdha"),
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the agent to exit.")] = 30.0,
+) -> None:
+    """Stop the agent running on this host (SIGTERM, or SIGUSR1 with --restart)."""
+    name = node or socket.gethostname()
+    pid_file = _pid_file(run_dir, cluster, name)
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        fail(f"no agent for node {name} here ({pid_file} is missing or unreadable)")
+    os.kill(pid, signal.SIGUSR1 if restart else signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            err(f"agent {name} (pid {pid}) stopped")
+            return
+        time.sleep(0.05)
+    fail(f"agent {name} (pid {pid}) still running after {timeout:g}s")

@@ -1,0 +1,137 @@
+"""Keeps an agent's ClusterView equal to what etcd holds, from a read and a watch.
+
+Keys that are foreign, unknown or malformed are logged once and skipped:
+nothing another program writes under the prefix can crash an agent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from etcdha.election_rules import ClusterView, Leader, Member
+from etcdha.keyspace import KeyKind, Keyspace
+from etcdha.spec_load import Loaded, SpecInvalid, load_json
+from etcdha.store import EventType, KeyValue, WatchEvent
+
+log = logging.getLogger(__name__)
+
+
+def _json(kv: KeyValue) -> dict[str, Any] | None:
+    try:
+        data = json.loads(kv.value)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class ViewSync:
+    def __init__(
+        self,
+        ks: Keyspace,
+        view: ClusterView,
+        now: Callable[[], float],
+        on_config: Callable[[Loaded, int], None],
+    ) -> None:
+        self.ks = ks
+        self.view = view
+        self.now = now
+        self.on_config = on_config
+        self._complained: set[str] = set()
+        self.config_revision = 0
+
+    def _complain(self, key: str, why: str) -> None:
+        if key not in self._complained:
+            self._complained.add(key)
+            log.warning("ignoring %s: %s", key, why)
+
+    def load(self, kvs: list[KeyValue]) -> None:
+        """Replace the view with a full read (start-up, or after a compaction)."""
+        kinds = [self.ks.classify(kv.key) for kv in kvs]
+        members = {p.name for p in kinds if p and p.kind is KeyKind.MEMBER}
+        leaders = {p.name for p in kinds if p and p.kind is KeyKind.LEADER}
+        for node in list(self.view.members):
+            if node not in members:
+                self.view.drop_member(node)
+        for group in list(self.view.leaders):
+            if group not in leaders:
+                self.view.set_leader(group, None, self.now())
+        self.view.standby.clear()
+        self.view.takeover.clear()
+        for kv in kvs:
+            self.put(kv)
+
+    def apply(self, event: WatchEvent) -> None:
+        if event.type is EventType.PUT:
+            self.put(event.kv)
+        else:
+            self.delete(event.kv.key)
+
+    def put(self, kv: KeyValue) -> None:
+        parsed = self.ks.classify(kv.key)
+        if parsed is None:
+            if kv.key.startswith(self.ks.root):
+                self._complain(kv.key, "not a key etcdha writes")
+            return
+        kind, name = parsed.kind, parsed.name
+        if kind is KeyKind.CONFIG:
+            self._config(kv)
+        elif kind is KeyKind.MEMBER:
+            data = _json(kv)
+            if data is None or not isinstance(data.get("eligible"), bool):
+                self._complain(kv.key, "member value is not the JSON an agent writes")
+                return
+            why = data.get("why")
+            self.view.note_member(
+                Member(name, kv.lease, data["eligible"], str(why) if why else None), self.now()
+            )
+        elif kind is KeyKind.LEADER:
+            data = _json(kv)
+            node = data.get("node") if data else None
+            if not isinstance(node, str):
+                self._complain(kv.key, "leader value has no node")
+                return
+            self.view.set_leader(name, Leader(node, kv.lease, kv.create_revision), self.now())
+        elif kind is KeyKind.STANDBY:
+            data = _json(kv) or {}
+            self.view.standby[name] = str(data.get("reason") or "standby")
+        elif kind is KeyKind.TAKEOVER:
+            data = _json(kv) or {}
+            target = data.get("target")
+            if not isinstance(target, str):
+                self._complain(kv.key, "takeover value has no target node")
+                return
+            self.view.takeover[name] = target
+
+    def delete(self, key: str) -> None:
+        parsed = self.ks.classify(key)
+        if parsed is None:
+            return
+        kind, name = parsed.kind, parsed.name
+        if kind is KeyKind.MEMBER:
+            self.view.drop_member(name)
+        elif kind is KeyKind.LEADER:
+            self.view.set_leader(name, None, self.now())
+        elif kind is KeyKind.STANDBY:
+            self.view.standby.pop(name, None)
+        elif kind is KeyKind.TAKEOVER:
+            self.view.takeover.pop(name, None)
+        elif kind is KeyKind.CONFIG:
+            log.error("the config key was deleted; keeping the last config in force")
+
+    def _config(self, kv: KeyValue) -> None:
+        if kv.mod_revision == self.config_revision:
+            return
+        try:
+            loaded = load_json(kv.value, f"etcd:{kv.key}@{kv.mod_revision}")
+        except SpecInvalid as e:
+            log.error(
+                "the config stored at revision %d is not valid, keeping the last one: %s",
+                kv.mod_revision,
+                e,
+            )
+            return
+        self.config_revision = kv.mod_revision
+        self.on_config(loaded, kv.mod_revision)
