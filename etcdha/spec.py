@@ -281,13 +281,15 @@ class Check(Model):
     receive: str | None = Field(
         None, description="regular expression (Python syntax); unset: any answer passes"
     )
-    http_method: Literal["GET", "HEAD"] = "GET"
-    virtualhost: str | None = None
+    http_method: Literal["GET", "HEAD"] = Field("GET", description="ldirectord's default")
+    virtualhost: str | None = Field(
+        None, description="HTTP Host header; unset: the real's address (as ldirectord)"
+    )
     expected_status: list[int] = Field(
         default_factory=list, description="HTTP statuses that pass (default: any 2xx)"
     )
-    dns_type: str = "A"
-    verify_tls: bool = False
+    dns_type: str = Field("A", description="ldirectord's DNS check asks for A records")
+    verify_tls: bool = Field(False, description="ldirectord does not verify certificates")
     port: int | None = Field(None, ge=1, le=65535, description="probe this port, not the real's")
     command: str | None = Field(None, description="external check, a file in the checks dir")
     login: str | None = None
@@ -364,8 +366,8 @@ class Check(Model):
 
 class Real(Model):
     address: RealAddress
-    forward: Forward = Forward.gate
-    weight: int = Field(1, ge=0, le=2**31 - 1)
+    forward: Forward = Field(Forward.gate, description="ipvsadm's default (-g)")
+    weight: int = Field(1, ge=0, le=2**31 - 1, description="ldirectord's default")
     upper_threshold: int = Field(0, ge=0, description="0: no limit")
     lower_threshold: int = Field(0, ge=0)
     request: str | None = Field(None, description="overrides the check's request for this real")
@@ -374,8 +376,8 @@ class Real(Model):
 
 class Fallback(Model):
     address: RealAddress
-    forward: Forward = Forward.gate
-    weight: int = Field(1, ge=0)
+    forward: Forward = Field(Forward.gate, description="ldirectord's default")
+    weight: int = Field(1, ge=0, description="ldirectord adds the fallback with weight 1")
 
 
 class Persistence(Model):
