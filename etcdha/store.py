@@ -52,6 +52,7 @@ from tenacity import (
 
 __all__ = [
     "Compare",
+    "Endpoint",
     "EndpointStatus",
     "EtcdAuthError",
     "EtcdError",
