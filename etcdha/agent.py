@@ -23,7 +23,7 @@ from typing import Any
 
 from etcdha import __version__, metrics, network, resources
 from etcdha.election import GroupRunner, LeaseKeeper
-from etcdha.election_rules import Action, ClusterView, Leader, decide
+from etcdha.election_rules import Action, ClusterView, Leader, Member, decide
 from etcdha.eligibility import Eligibility
 from etcdha.events import now_rfc3339
 from etcdha.fence import FenceClient
@@ -113,7 +113,12 @@ class Agent:
                 said = True
             await asyncio.sleep(1.0)
 
-    def _member_data(self, eligible: bool, why: str | None) -> dict[str, Any]:
+    def _me(self) -> Member:
+        v = self.eligibility.current()
+        return Member(self.node, self.keeper.lease_id, v.eligible, v.why, v.ping_ok)
+
+    def _member_data(self) -> dict[str, Any]:
+        v = self.eligibility.current() if hasattr(self, "eligibility") else None
         return {
             "node": self.node,
             "host": socket.gethostname(),
@@ -121,8 +126,9 @@ class Agent:
             "pid": os.getpid(),
             "version": __version__,
             "lease": self.keeper.lease_id,
-            "eligible": eligible,
-            "why": why,
+            "eligible": v.eligible if v else False,
+            "why": v.why if v else "starting",
+            "ping_ok": v.ping_ok if v else False,
             "listen": f"{self.opts.listen_host}:{self.opts.listen_port}",
             "holding": {name: r.held() for name, r in sorted(self.runners.items()) if r.active},
             "config_revision": self.config_revision,
@@ -159,8 +165,7 @@ class Agent:
                 log.info("planned restart: reclaimed lease %x of pid %s", existing.lease, pid)
                 return
         await self.keeper.grant()
-        ok, why = False, "starting"
-        value = json.dumps(self._member_data(ok, why)).encode()
+        value = json.dumps(self._member_data()).encode()
         result = await store.txn(
             [Compare.create_revision(key, "==", 0)],
             [Op.put(key, value, lease=self.keeper.lease_id)],
@@ -385,11 +390,10 @@ class Agent:
             tg.create_task(self.eligibility.run())
 
     async def _put_member(self, force: bool = False) -> None:
-        ok, why = self.eligibility.current()
-        value = json.dumps(self._member_data(ok, why)).encode()
+        value = json.dumps(self._member_data()).encode()
         if value == self._member_value and not force:
             return
-        metrics.eligible.set(1 if ok else 0)
+        metrics.eligible.set(1 if self.eligibility.current().eligible else 0)
         try:
             await self.store.put(self.ks.member(self.node), value, lease=self.keeper.lease_id)
             self._member_value = value
@@ -431,7 +435,6 @@ class Agent:
 
     async def _reconcile(self) -> None:
         spec = self._spec()
-        ok, why = self.eligibility.current()
         now = time.monotonic()
         holding_before = {n: r.active for n, r in self.runners.items()}
         for group in spec.groups:
@@ -449,7 +452,7 @@ class Agent:
                 if runner.active or runner.term:
                     await runner.deposed("our earlier lease still holds the key")
                 continue
-            d = decide(spec, group, self.view, self.node, ok, why, now)
+            d = decide(spec, group, self.view, self._me(), now)
             if d.retry_in is not None:
                 self._schedule(d.retry_in)
             if d.action is Action.hold and leader is not None:
@@ -457,15 +460,13 @@ class Agent:
                 if self.keeper.alive():
                     await self._activate(runner, group.name)
             elif d.action is Action.handover:
-                member = json.dumps(self._member_data(ok, why)).encode()
+                member = json.dumps(self._member_data()).encode()
                 await runner.handover(
                     d.reason,
                     [Op.put(self.ks.member(self.node), member, lease=self.keeper.lease_id)],
                 )
             elif d.action is Action.campaign and self.keeper.alive():
-                won = await runner.campaign(
-                    self.keeper.lease_id, d.reason, self.view.takeover.get(group.name)
-                )
+                won = await runner.campaign(self.keeper.lease_id, d.reason)
                 if won and runner.term is not None:
                     self.view.set_leader(
                         group.name,

@@ -89,7 +89,7 @@ class LeaseKeeper:
             started = time.monotonic()
             timeout = max(0.2, min(self.interval, self.remaining()))
             try:
-                result = await asyncio.wait_for(self.store.keepalive_once(self.lease_id), timeout)
+                result = await self.store.keepalive_once(self.lease_id, timeout=timeout)
             except (EtcdError, TimeoutError) as e:
                 metrics.keepalive_failures.inc()
                 log.warning(
@@ -155,7 +155,7 @@ class GroupRunner:
     def key(self) -> str:
         return self.ks.leader(self.name)
 
-    async def campaign(self, lease_id: int, reason: str, takeover_target: str | None) -> bool:
+    async def campaign(self, lease_id: int, reason: str) -> bool:
         """Create the leader key if nobody holds it; True if we won."""
         value = json.dumps({"node": self.node, "lease": lease_id, "since": now_rfc3339()})
         ops = [
@@ -170,8 +170,6 @@ class GroupRunner:
                 },
             ),
         ]
-        if takeover_target == self.node:
-            ops.append(Op.delete(self.ks.takeover(self.name)))
         start = time.monotonic()
         result = await self.store.txn([Compare.create_revision(self.key, "==", 0)], ops)
         metrics.etcd_requests.labels("campaign", "won" if result.succeeded else "lost").observe(

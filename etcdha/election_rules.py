@@ -22,8 +22,9 @@ CAMPAIGN_STEP = 0.3
 class Member:
     node: str
     lease: int
-    eligible: bool
+    eligible: bool  # not in standby, interfaces present
     why: str | None = None
+    ping_ok: bool = True  # reaches a ping node (or none are configured)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,13 @@ def preference(spec: ClusterSpec, group: Group) -> list[str]:
 
 
 def candidates(spec: ClusterSpec, group: Group, view: ClusterView) -> list[str]:
-    """Live, eligible members in the order they should lead this group."""
+    """Live, eligible members in the order they should lead this group.
+
+    A takeover target comes first. Ping nodes count as Heartbeat's ipfail counts
+    them: a member that reaches no ping node is passed over only while another
+    eligible member does reach one, so a ping node that goes silent for every
+    director does not take the service down with it.
+    """
     order = [
         n
         for n in preference(spec, group)
@@ -97,33 +104,32 @@ def candidates(spec: ClusterSpec, group: Group, view: ClusterView) -> list[str]:
     if target in order:
         order.remove(target)
         order.insert(0, target)
-    return order
+    reaching = [n for n in order if view.members[n].ping_ok]
+    return reaching or order
 
 
 def decide(
     spec: ClusterSpec,
     group: Group,
     view: ClusterView,
-    me: str,
-    eligible: bool,
-    why_not: str | None,
+    me: Member,
     now: float,
 ) -> Decision:
+    """What `me` (with its current, local verdict) should do about `group` now."""
+    view = _with(view, me)
     leader = view.leaders.get(group.name)
-    if leader is not None and leader.node != me:
+    if leader is not None and leader.node != me.node:
         return Decision(Action.follow, f"{leader.node} leads")
     order = candidates(spec, group, view)
     if leader is not None:
-        return _as_leader(spec, group, view, me, eligible, why_not, order, now)
-    if not eligible:
-        return Decision(Action.follow, f"not eligible: {why_not}")
-    if me not in order:
-        # Our own member key has not been seen yet; wait for it rather than
-        # race a node whose eligibility we already know.
-        return Decision(Action.wait, "our member key is not visible yet", CAMPAIGN_STEP)
-    rank = order.index(me)
+        return _as_leader(spec, group, view, me, order, now)
+    if not me.eligible:
+        return Decision(Action.follow, f"not eligible: {me.why}")
+    if me.node not in order:
+        return Decision(Action.follow, f"{me.why}; {order[0]} reaches a ping node")
+    rank = order.index(me.node)
     if rank == 0:
-        return Decision(Action.campaign, _campaign_reason(group, view, me))
+        return Decision(Action.campaign, _campaign_reason(group, view, me.node))
     vacant_for = now - view.vacant_since.get(group.name, now)
     turn = rank * CAMPAIGN_STEP
     if vacant_for >= turn:
@@ -133,6 +139,21 @@ def decide(
             "did not take it",
         )
     return Decision(Action.wait, f"{order[0]} is preferred", turn - vacant_for)
+
+
+def _with(view: ClusterView, me: Member) -> ClusterView:
+    """The view with our own, fresher verdict in place of our member key."""
+    if view.members.get(me.node) == me:
+        return view
+    members = {**view.members, me.node: me}
+    return ClusterView(
+        members,
+        view.leaders,
+        view.standby,
+        view.takeover,
+        view.eligible_since,
+        view.vacant_since,
+    )
 
 
 def _campaign_reason(group: Group, view: ClusterView, me: str) -> str:
@@ -145,22 +166,22 @@ def _as_leader(
     spec: ClusterSpec,
     group: Group,
     view: ClusterView,
-    me: str,
-    eligible: bool,
-    why_not: str | None,
+    me: Member,
     order: list[str],
     now: float,
 ) -> Decision:
-    if not eligible:
-        return Decision(Action.handover, f"{me} is no longer eligible: {why_not}")
+    if not me.eligible:
+        return Decision(Action.handover, f"{me.node} is no longer eligible: {me.why}")
+    if me.node not in order:
+        return Decision(Action.handover, f"{me.why}, but {order[0]} reaches one")
     target = view.takeover.get(group.name)
     # A takeover towards a node that cannot lead is ignored, not obeyed.
-    if target and target != me and target in order:
+    if target and target != me.node and target in order:
         return Decision(Action.handover, f"takeover by {target} requested")
-    if spec.election.auto_failback and order and order[0] != me and target != me:
+    if spec.election.auto_failback and order[0] != me.node and target != me.node:
         best = order[0]
         prefs = preference(spec, group)
-        if prefs.index(best) < prefs.index(me):
+        if prefs.index(best) < prefs.index(me.node):
             since = view.eligible_since.get(best, now)
             if now - since >= spec.election.failback_delay:
                 return Decision(
@@ -172,4 +193,4 @@ def _as_leader(
                 f"auto_failback to {best} once failback_delay has passed",
                 spec.election.failback_delay - (now - since),
             )
-    return Decision(Action.hold, f"{me} leads {group.name}")
+    return Decision(Action.hold, f"{me.node} leads {group.name}")

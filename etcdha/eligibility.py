@@ -5,12 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from etcdha import network
 from etcdha.election_rules import ClusterView
 from etcdha.spec import AddressResource, ClusterSpec
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    eligible: bool  # not in standby, interfaces present
+    why: str | None  # the first problem, ping included
+    ping_ok: bool
 
 
 class Eligibility:
@@ -22,22 +30,25 @@ class Eligibility:
         self.interface_problem: str | None = None
         self.changed = asyncio.Event()
         self._poke = asyncio.Event()
-        self._last: tuple[bool, str | None] | None = None
+        self._last: Verdict | None = None
 
-    def current(self) -> tuple[bool, str | None]:
+    def current(self) -> Verdict:
         spec = self.spec()
+        ping_ok = not spec.election.ping_nodes or self.missed_rounds < spec.election.ping_failures
         if self.node in self.view.standby:
-            return False, f"standby: {self.view.standby[self.node]}"
+            return Verdict(False, f"standby: {self.view.standby[self.node]}", ping_ok)
         if self.node not in spec.node_names:
-            return False, "not one of the config's nodes"
+            return Verdict(False, "not one of the config's nodes", ping_ok)
         if self.interface_problem:
-            return False, self.interface_problem
-        if spec.election.ping_nodes and self.missed_rounds >= spec.election.ping_failures:
-            return False, (
+            return Verdict(False, self.interface_problem, ping_ok)
+        if not ping_ok:
+            return Verdict(
+                True,
                 f"no ping node answers ({', '.join(spec.election.ping_nodes)}) for "
-                f"{self.missed_rounds} rounds"
+                f"{self.missed_rounds} rounds",
+                False,
             )
-        return True, None
+        return Verdict(True, None, True)
 
     async def check_interfaces(self) -> str | None:
         spec = self.spec()
@@ -75,11 +86,11 @@ class Eligibility:
         self.interface_problem = await self.check_interfaces()
         verdict = self.current()
         if verdict != self._last:
-            if self._last is not None or not verdict[0]:
-                if verdict[0]:
+            if self._last is not None or verdict.why:
+                if verdict.why is None:
                     log.info("%s is eligible to lead again", self.node)
                 else:
-                    log.warning("%s may not lead: %s", self.node, verdict[1])
+                    log.warning("%s may not lead: %s", self.node, verdict.why)
             self._last = verdict
             self.changed.set()
             return True

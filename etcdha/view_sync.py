@@ -84,8 +84,10 @@ class ViewSync:
                 self._complain(kv.key, "member value is not the JSON an agent writes")
                 return
             why = data.get("why")
+            ping_ok = data.get("ping_ok", True) is not False
             self.view.note_member(
-                Member(name, kv.lease, data["eligible"], str(why) if why else None), self.now()
+                Member(name, kv.lease, data["eligible"], str(why) if why else None, ping_ok),
+                self.now(),
             )
         elif kind is KeyKind.LEADER:
             data = _json(kv)

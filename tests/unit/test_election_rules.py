@@ -29,6 +29,10 @@ def spec(auto_failback: bool = True, failback_delay: str = "0s") -> ClusterSpec:
     )
 
 
+def me(node: str, eligible: bool = True, why: str | None = None, ping_ok: bool = True) -> Member:
+    return Member(node, 1, eligible, why, ping_ok)
+
+
 def view(*eligible: str, now: float = 0.0, ineligible: tuple[str, ...] = ()) -> ClusterView:
     v = ClusterView()
     for i, n in enumerate(eligible):
@@ -48,26 +52,22 @@ def test_vacant_group_goes_to_the_most_preferred_eligible_node() -> None:
     s = spec()
     v = view("node1", "node2", "node3")
     v.set_leader("web", None, now=10.0)
-    assert decide(s, s.groups[0], v, "node1", True, None, 10.0).action is Action.campaign
-    d2 = decide(s, s.groups[0], v, "node2", True, None, 10.0)
+    assert decide(s, s.groups[0], v, me("node1"), 10.0).action is Action.campaign
+    d2 = decide(s, s.groups[0], v, me("node2"), 10.0)
     assert d2.action is Action.wait and d2.retry_in == pytest.approx(CAMPAIGN_STEP)
     # If node1 has not taken it by its turn, node2 campaigns; node3 waits longer.
-    assert decide(s, s.groups[0], v, "node2", True, None, 10.0 + CAMPAIGN_STEP).action is (
-        Action.campaign
-    )
-    assert decide(s, s.groups[0], v, "node3", True, None, 10.0 + CAMPAIGN_STEP).action is (
-        Action.wait
-    )
+    assert decide(s, s.groups[0], v, me("node2"), 10.0 + CAMPAIGN_STEP).action is (Action.campaign)
+    assert decide(s, s.groups[0], v, me("node3"), 10.0 + CAMPAIGN_STEP).action is (Action.wait)
 
 
 def test_ineligible_node_never_campaigns_and_hands_over() -> None:
     s = spec()
     v = view("node2", ineligible=("node1",))
     v.set_leader("web", None, 0.0)
-    assert decide(s, s.groups[0], v, "node1", False, "standby", 0.0).action is Action.follow
-    assert decide(s, s.groups[0], v, "node2", True, None, 0.0).action is Action.campaign
+    assert decide(s, s.groups[0], v, me("node1", False, "standby"), 0.0).action is Action.follow
+    assert decide(s, s.groups[0], v, me("node2"), 0.0).action is Action.campaign
     v.set_leader("web", Leader("node1", 200, 7), 1.0)
-    d = decide(s, s.groups[0], v, "node1", False, "standby", 1.0)
+    d = decide(s, s.groups[0], v, me("node1", False, "standby"), 1.0)
     assert d.action is Action.handover and "standby" in d.reason
 
 
@@ -75,11 +75,11 @@ def test_auto_failback_waits_for_failback_delay() -> None:
     s = spec(failback_delay="5s")
     v = view("node2", now=0.0)
     v.set_leader("web", Leader("node2", 101, 9), 0.0)
-    assert decide(s, s.groups[0], v, "node2", True, None, 1.0).action is Action.hold
+    assert decide(s, s.groups[0], v, me("node2"), 1.0).action is Action.hold
     v.note_member(Member("node1", 300, True), now=10.0)  # node1 returns at t=10
-    d = decide(s, s.groups[0], v, "node2", True, None, 12.0)
+    d = decide(s, s.groups[0], v, me("node2"), 12.0)
     assert d.action is Action.hold and d.retry_in == pytest.approx(3.0)
-    d = decide(s, s.groups[0], v, "node2", True, None, 15.0)
+    d = decide(s, s.groups[0], v, me("node2"), 15.0)
     assert d.action is Action.handover and "auto_failback" in d.reason
 
 
@@ -87,7 +87,7 @@ def test_no_failback_when_auto_failback_is_off() -> None:
     s = spec(auto_failback=False)
     v = view("node1", "node2")
     v.set_leader("web", Leader("node2", 101, 9), 0.0)
-    assert decide(s, s.groups[0], v, "node2", True, None, 100.0).action is Action.hold
+    assert decide(s, s.groups[0], v, me("node2"), 100.0).action is Action.hold
 
 
 def test_takeover_moves_the_group_to_its_target() -> None:
@@ -95,14 +95,14 @@ def test_takeover_moves_the_group_to_its_target() -> None:
     v = view("node1", "node2", "node3")
     v.set_leader("web", Leader("node1", 100, 5), 0.0)
     v.takeover["web"] = "node3"
-    d = decide(s, s.groups[0], v, "node1", True, None, 1.0)
+    d = decide(s, s.groups[0], v, me("node1"), 1.0)
     assert d.action is Action.handover and "node3" in d.reason
     v.set_leader("web", None, 2.0)
-    assert decide(s, s.groups[0], v, "node3", True, None, 2.0).action is Action.campaign
-    assert decide(s, s.groups[0], v, "node1", True, None, 2.0).action is Action.wait
+    assert decide(s, s.groups[0], v, me("node3"), 2.0).action is Action.campaign
+    assert decide(s, s.groups[0], v, me("node1"), 2.0).action is Action.wait
     # Once node3 leads, auto_failback does not pull the group straight back.
     v.set_leader("web", Leader("node3", 102, 8), 3.0)
-    assert decide(s, s.groups[0], v, "node3", True, None, 3.0).action is Action.hold
+    assert decide(s, s.groups[0], v, me("node3"), 3.0).action is Action.hold
 
 
 def test_takeover_towards_an_ineligible_node_is_ignored() -> None:
@@ -110,7 +110,7 @@ def test_takeover_towards_an_ineligible_node_is_ignored() -> None:
     v = view("node1", ineligible=("node2",))
     v.set_leader("web", Leader("node1", 100, 5), 0.0)
     v.takeover["web"] = "node2"
-    assert decide(s, s.groups[0], v, "node1", True, None, 1.0).action is Action.hold
+    assert decide(s, s.groups[0], v, me("node1"), 1.0).action is Action.hold
 
 
 def test_two_groups_led_by_different_nodes() -> None:
@@ -118,13 +118,31 @@ def test_two_groups_led_by_different_nodes() -> None:
     v = view("node1", "node2")
     v.set_leader("web", None, 0.0)
     v.set_leader("db", None, 0.0)
-    assert decide(s, s.groups[0], v, "node1", True, None, 0.0).action is Action.campaign
-    assert decide(s, s.groups[1], v, "node2", True, None, 0.0).action is Action.campaign
-    assert decide(s, s.groups[1], v, "node1", True, None, 0.0).action is Action.wait
+    assert decide(s, s.groups[0], v, me("node1"), 0.0).action is Action.campaign
+    assert decide(s, s.groups[1], v, me("node2"), 0.0).action is Action.campaign
+    assert decide(s, s.groups[1], v, me("node1"), 0.0).action is Action.wait
 
 
 def test_a_follower_follows() -> None:
     s = spec()
     v = view("node1", "node2")
     v.set_leader("web", Leader("node1", 100, 5), 0.0)
-    assert decide(s, s.groups[0], v, "node2", True, None, 0.0).action is Action.follow
+    assert decide(s, s.groups[0], v, me("node2"), 0.0).action is Action.follow
+
+
+def test_ping_nodes_count_as_ipfail_counts_them() -> None:
+    s = spec()
+    v = view("node1", "node2")
+    v.set_leader("web", Leader("node1", 100, 5), 0.0)
+    # node1 reaches no ping node but node2 does: node1 hands over.
+    lost = me("node1", True, "no ping node answers", ping_ok=False)
+    d = decide(s, s.groups[0], v, lost, 1.0)
+    assert d.action is Action.handover and "node2 reaches one" in d.reason
+    v.set_leader("web", None, 2.0)
+    v.note_member(Member("node1", 100, True, "no ping node answers", ping_ok=False), 2.0)
+    assert decide(s, s.groups[0], v, lost, 2.0).action is Action.follow
+    assert decide(s, s.groups[0], v, me("node2"), 2.0).action is Action.campaign
+    # The ping node is silent for everybody: the leader keeps leading.
+    v.note_member(Member("node2", 101, True, None, ping_ok=False), 3.0)
+    v.set_leader("web", Leader("node1", 100, 6), 3.0)
+    assert decide(s, s.groups[0], v, lost, 3.0).action is Action.hold

@@ -1,0 +1,5 @@
+"""`python -m etcdha` runs the command line."""
+
+from etcdha.cli import main
+
+main()

@@ -1,0 +1,280 @@
+"""Directors in the seed topology: etcd on its control link, agents as real processes.
+
+Used by the failover tests, the failover benchmark and `etcdha lab`. Every
+agent runs `etcdha agent start` inside its node's namespace; etcd (one or
+three members) runs in the etcd namespace and is reached over each
+director's eth2, which a test can cut.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from etcdha.lab.etcd_process import EtcdProcess, scratch_dir
+from etcdha.lab.netns import LabProcess, netns_exec_argv
+from etcdha.lab.topology import CONTROL, SeedTopology, build_seed_topology
+
+CLIENT_PORT = 2379
+PEER_PORT = 2380
+
+
+def etcdha_argv(*args: str) -> list[str]:
+    """Run the CLI with this interpreter, so a lab works from any virtualenv."""
+    return [sys.executable, "-m", "etcdha", *args]
+
+
+@dataclass
+class Agent:
+    node: str
+    process: LabProcess
+    log_path: Path
+    run_dir: Path
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+@dataclass
+class DirectorLab:
+    """The seed topology plus etcd and agents. Close it (or use `with`) to remove all."""
+
+    nodes: int = 2
+    etcd_members: int = 1
+    ipv6: bool = False
+    seed: SeedTopology = field(init=False)
+    work: Path = field(init=False)
+    etcd: list[EtcdProcess] = field(default_factory=list, init=False)
+    agents: dict[str, Agent] = field(default_factory=dict, init=False)
+    cluster: str = "default"
+
+    def __post_init__(self) -> None:
+        self.work = scratch_dir("etcdha-directors-")
+        self.seed = build_seed_topology(nodes=self.nodes, ipv6=self.ipv6)
+        try:
+            self._start_etcd()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- etcd
+
+    def _etcd_hosts(self) -> list[str]:
+        return [str(CONTROL.network_address + 1 + i) for i in range(self.etcd_members)]
+
+    def _start_etcd(self) -> None:
+        hosts = self._etcd_hosts()
+        for extra in hosts[1:]:
+            self.seed.topology.add_address("etcd", "eth0", f"{extra}/{CONTROL.prefixlen}")
+        initial = ",".join(f"etcd{i}=http://{h}:{PEER_PORT}" for i, h in enumerate(hosts))
+        wrapper = ["ip", "netns", "exec", self.seed.ns("etcd")]
+        for i, host in enumerate(hosts):
+            member = EtcdProcess(
+                f"etcd{i}",
+                host=host,
+                client_port=CLIENT_PORT,
+                peer_port=PEER_PORT,
+                base_dir=self.work / f"etcd{i}",
+                initial_cluster=initial,
+                cluster_token=f"lab-{self.seed.run_id}",
+                wrapper=wrapper,
+            )
+            member.start(wait=False)
+            self.etcd.append(member)
+        self.wait_etcd()
+
+    @property
+    def endpoints(self) -> str:
+        return ",".join(f"http://{h}:{CLIENT_PORT}" for h in self._etcd_hosts())
+
+    def etcdctl(self, *args: str, check: bool = True, endpoints: str | None = None) -> str:
+        argv = [
+            "etcdctl",
+            "--endpoints",
+            endpoints or self.endpoints,
+            "--dial-timeout",
+            "2s",
+            *args,
+        ]
+        result = subprocess.run(
+            netns_exec_argv(self.seed.ns("etcd"), argv),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"ETCDCTL_API": "3", "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(f"etcdctl {' '.join(args)}: {result.stderr.strip()}")
+        return result.stdout
+
+    def wait_etcd(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        running = [f"http://{m.host}:{CLIENT_PORT}" for m in self.etcd if m.running]
+        while True:
+            try:
+                self.etcdctl("endpoint", "health", endpoints=",".join(running))
+                return
+            except RuntimeError as e:
+                if time.monotonic() > deadline:
+                    logs = "\n".join(m.log_tail() for m in self.etcd)
+                    raise RuntimeError(f"etcd did not become healthy: {e}\n{logs}") from e
+            time.sleep(0.1)
+
+    def etcd_leader_index(self) -> int:
+        out = json.loads(self.etcdctl("endpoint", "status", "-w", "json"))
+        ids = [int(e["Status"]["header"]["member_id"]) for e in out]
+        leader = int(out[0]["Status"]["leader"])
+        return ids.index(leader)
+
+    def etcd_member_ids(self) -> list[str]:
+        out = json.loads(self.etcdctl("endpoint", "status", "-w", "json"))
+        return [format(int(e["Status"]["header"]["member_id"]), "x") for e in out]
+
+    # -- the CLI and agents
+
+    def etcdha(
+        self, *args: str, node: str = "node1", check: bool = True, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `etcdha ARGS --endpoints ...` inside a director's namespace."""
+        argv = etcdha_argv(*args, "--endpoints", self.endpoints)
+        result = subprocess.run(
+            netns_exec_argv(self.seed.ns(node), argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(
+                f"etcdha {' '.join(args)} exited {result.returncode}: {result.stderr[-2000:]}"
+            )
+        return result
+
+    def apply(self, spec_yaml: str) -> None:
+        path = self.work / "cluster.yaml"
+        path.write_text(spec_yaml)
+        self.etcdha("config", "apply", str(path))
+
+    def start_agent(self, node: str, *extra: str) -> Agent:
+        run_dir = self.work / f"run-{node}"
+        log_path = self.work / f"agent-{node}.log"
+        log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - the process writes it
+        try:
+            process = self.seed.topology.start(
+                node,
+                *etcdha_argv(
+                    "agent",
+                    "start",
+                    "--node",
+                    node,
+                    "--endpoints",
+                    self.endpoints,
+                    "--run-dir",
+                    str(run_dir),
+                    *extra,
+                ),
+                stdout=log,
+                stderr=log,
+            )
+        finally:
+            log.close()
+        agent = Agent(node, process, log_path, run_dir)
+        self.agents[node] = agent
+        return agent
+
+    def signal_agent(self, node: str, sig: int) -> None:
+        self.agents[node].process.signal(sig)
+
+    def kill_agent(self, node: str) -> None:
+        self.signal_agent(node, signal.SIGKILL)
+        popen = self.agents[node].process.popen
+        if popen is not None:
+            popen.wait(5.0)
+
+    # -- observing
+
+    def addresses(self, node: str) -> set[str]:
+        out = subprocess.run(
+            netns_exec_argv(self.seed.ns(node), ["ip", "-j", "addr", "show"]),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return {a["local"] for link in json.loads(out) for a in link.get("addr_info", [])}
+
+    def holders(self, ip: str) -> list[str]:
+        return [n for n in self.seed.nodes if ip in self.addresses(n)]
+
+    def leader(self, group: str) -> str | None:
+        out = self.etcdctl(
+            "get", "--print-value-only", f"/etcdha/{self.cluster}/leader/{group}"
+        ).strip()
+        return json.loads(out)["node"] if out else None
+
+    def mac(self, node: str, ifname: str = "eth0") -> str:
+        out = subprocess.run(
+            netns_exec_argv(self.seed.ns(node), ["ip", "-j", "link", "show", ifname]),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return str(json.loads(out)[0]["address"])
+
+    def neighbour_mac(self, ns_role: str, ip: str) -> str | None:
+        out = subprocess.run(
+            netns_exec_argv(self.seed.ns(ns_role), ["ip", "-j", "neigh", "show", ip]),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        entries = json.loads(out or "[]")
+        return str(entries[0]["lladdr"]) if entries and "lladdr" in entries[0] else None
+
+    @staticmethod
+    def wait_for(
+        check: Callable[[], Any], timeout: float, what: str, interval: float = 0.02
+    ) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = check()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+            time.sleep(interval)
+
+    # -- teardown
+
+    def close(self) -> None:
+        for agent in self.agents.values():
+            agent.process.stop(timeout=5.0)  # SIGCONT first, so a stopped agent exits too
+        for member in self.etcd:
+            member.close()
+        if hasattr(self, "seed"):
+            # Also ends the fence guards, which outlive their agents by design.
+            self.seed.close()
+
+    def __enter__(self) -> DirectorLab:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def sample_holders(lab: DirectorLab, ip: str, nodes: Sequence[str]) -> list[str]:
+    return [n for n in nodes if ip in lab.addresses(n)]
