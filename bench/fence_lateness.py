@@ -32,8 +32,8 @@ async def _gone_at(ns: str) -> float:
     wanted = {ip for _, ip, _ in ADDRESSES}
     async with AsyncIPRoute(netns=ns, flags=0) as ipr:
         for _ in range(5000):
-            now = time.monotonic()
             found = {m.get("IFA_LOCAL") async for m in await ipr.addr("dump")}
+            now = time.monotonic()  # after the answer: never earlier than the removal
             if not found & wanted:
                 return now
             await asyncio.sleep(0.002)

@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyroute2 import AsyncIPRoute
@@ -129,6 +130,25 @@ def read_log(path: str) -> str:
     return Path(path).read_text() if os.path.exists(path) else ""
 
 
+async def log_says(path: str, text: str) -> bool:
+    """Whether the guard's log gets ``text`` within a second (it logs just after acting)."""
+    for _ in range(100):
+        if text in read_log(path):
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def last_fired(client: FenceClient) -> dict[str, Any]:
+    """The guard's record of its last removal, once it has written it."""
+    for _ in range(100):
+        status = await client.status()
+        if status["fired"]:
+            return dict(status["fired"][-1])
+        await asyncio.sleep(0.01)
+    raise AssertionError("the guard recorded no removal")
+
+
 def exists(path: str) -> bool:
     return os.path.exists(path)
 
@@ -138,8 +158,8 @@ async def wait_gone(ns: str, timeout: float = 5.0) -> float:  # noqa: ASYNC109
     limit = time.monotonic() + timeout
     async with AsyncIPRoute(netns=ns, flags=0) as ipr:
         while True:
-            now = time.monotonic()
             found = {m.get("IFA_LOCAL") async for m in await ipr.addr("dump")}
+            now = time.monotonic()  # after the answer: never earlier than the removal
             if not found & {ip for _, ip, _ in ADDRESSES}:
                 return now
             assert now < limit, f"still present after {timeout}s: {found}"
@@ -161,8 +181,8 @@ async def test_guard_removes_addresses_at_the_deadline(fenced: Fenced) -> None:
         assert await present(fenced.ns) == {"192.0.2.200", "198.51.100.200"}
 
         late = await wait_gone(fenced.ns) - deadline
+        fired = await last_fired(client)
         status = await client.status()
-        fired = status["fired"][-1]
         print(
             f"addresses gone {late * 1000:.1f} ms after the deadline (polled); "
             f"the guard reports {fired['late_ms']:.1f} ms"
@@ -172,11 +192,11 @@ async def test_guard_removes_addresses_at_the_deadline(fenced: Fenced) -> None:
         assert fired["group"] == "web" and sorted(map(tuple, fired["removed"])) == sorted(ADDRESSES)
         assert status["groups"] == {}
         assert guard.alive()
-        log = read_log(fenced.log)
-        assert (
+        assert await log_says(
+            fenced.log,
             "removed 192.0.2.200/24 on eth0, 198.51.100.200/24 on eth1 for group 'web' "
-            "because its lease deadline passed"
-        ) in log
+            "because its lease deadline passed",
+        )
 
         # the next arm learns that the guard took the addresses
         fenced.topo.add_address("d", "eth0", "192.0.2.200/24")
@@ -220,7 +240,7 @@ async def test_guard_outlives_a_killed_agent(fenced: Fenced) -> None:
     print(f"agent killed: addresses gone {late * 1000:.1f} ms after the deadline")
     assert 0 <= late < LATE_BOUND
     assert pid_alive(guard_pid)
-    assert "no agent is connected to renew it" in read_log(fenced.log)
+    assert await log_says(fenced.log, "no agent is connected to renew it")
 
     # a new agent connects to the same guard and arms again
     client = await connect(fenced)
@@ -260,7 +280,7 @@ async def test_guard_removes_addresses_of_a_stopped_agent(fenced: Fenced) -> Non
         late = await wait_gone(fenced.ns) - deadline
         print(f"agent stopped: addresses gone {late * 1000:.1f} ms after the deadline")
         assert 0 <= late < LATE_BOUND
-        assert "the connected agent did not renew it" in read_log(fenced.log)
+        assert await log_says(fenced.log, "the connected agent did not renew it")
         assert pid_alive(guard_pid)
     finally:
         agent.signal(signal.SIGCONT)
@@ -272,16 +292,27 @@ async def test_guard_removes_addresses_of_a_stopped_agent(fenced: Fenced) -> Non
 
 async def test_one_guard_per_socket_and_idle_exit(fenced: Fenced) -> None:
     guard = start_guard(fenced, idle_exit=0.5)
-    client = await connect(fenced)
-    await client.aclose()
-    second = fenced.topo.exec(
-        "d", sys.executable, "-m", "etcdha.fence", "--socket", fenced.socket, "--detach"
-    )
-    assert second.stdout.strip() == "busy"
+    client = await connect(fenced)  # a connected client keeps the guard from idling out
+    try:
+        second = fenced.topo.exec(
+            "d",
+            sys.executable,
+            "-m",
+            "etcdha.fence",
+            "--socket",
+            fenced.socket,
+            "--detach",
+            "--log-file",
+            fenced.log,
+        )
+        assert second.stdout.strip() == "busy"
+        assert guard.alive()
+    finally:
+        await client.aclose()
     for _ in range(100):
         if not guard.alive():
             break
         await asyncio.sleep(0.05)
     assert not guard.alive()
     assert not exists(fenced.socket)
-    assert "exiting: no group armed and no agent connected" in read_log(fenced.log)
+    assert await log_says(fenced.log, "exiting: no group armed and no agent connected")
