@@ -257,7 +257,7 @@ async def addresses_on(ifname: str, *, netns: str | None = None) -> list[Address
     """The addresses of one interface (IPv4 and IPv6, with their DAD state)."""
     async with _rtnl(netns) as ipr:
         link = await _link(ipr, ifname, netns)
-        return [a for a in await _addresses(ipr, {link.index: link})]
+        return await _addresses(ipr, {link.index: link})
 
 
 async def address_state(ifname: str, ip: str, *, netns: str | None = None) -> AddressInfo | None:
