@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from etcdha import __version__, metrics, network, resources
+from etcdha import __version__, metrics, network, procs, resources
 from etcdha.election import GroupRunner, LeaseKeeper
 from etcdha.election_rules import Action, ClusterView, Leader, Member, decide
 from etcdha.eligibility import Eligibility
@@ -60,6 +60,8 @@ def boot_id() -> str:
 
 
 def pid_is_agent(pid: int) -> bool:
+    if not procs.pid_running(pid):
+        return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:

@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -20,14 +21,21 @@ class Finished:
         return self.code is None
 
 
+def pid_running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
 def kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
 
 
-async def run_bounded(
-    argv: list[str], limit: float, env: dict[str, str] | None = None
-) -> Finished:
+async def run_bounded(argv: list[str], limit: float, env: dict[str, str] | None = None) -> Finished:
     """Run argv (no shell) with stdin closed; kill its process group at the timeout.
 
     Raises OSError when it cannot start (missing, not executable)."""

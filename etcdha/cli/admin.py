@@ -141,11 +141,21 @@ def takeover(
         list[str] | None, typer.Option("--group", "-g", help="Group(s) to move (default: all).")
     ] = None,
     wait: Wait = 0.0,
+    clear: Annotated[
+        bool,
+        typer.Option(
+            "--clear", help="Remove the takeover of the groups: preference applies again."
+        ),
+    ] = False,
     *,
     conn: Conn,
 ) -> None:
     """Move groups to NODE now (Heartbeat's hb_takeover): the current leader hands
-    over gracefully and NODE campaigns first."""
+    over gracefully and NODE campaigns first.
+
+    The takeover stays in force (NODE is preferred for those groups, also over
+    auto_failback) until another takeover or `etcdha takeover --clear`.
+    """
     target = _node(node_arg, node)
 
     async def body(store: Store) -> None:
@@ -160,6 +170,16 @@ def takeover(
         if unknown:
             fail(f"no such group: {', '.join(unknown)}")
         by = who()
+        if clear:
+            await store.txn(
+                [],
+                [Op.delete(conn.keyspace.takeover(g)) for g in names]
+                + [
+                    event_op(conn.keyspace, {"type": "takeover-cleared", "groups": names, "by": by})
+                ],
+            )
+            err(f"takeover of {', '.join(names)} cleared; preference applies again")
+            return
         ops = [
             Op.put(
                 conn.keyspace.takeover(g),

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from etcdha import procs
 from etcdha.agent import Agent, AgentOptions, AlreadyRunning
 from etcdha.cli.common import EXIT_CODES_HELP, Conn, Exit, err, fail, run_async, with_conn
 from etcdha.store import EtcdUnavailable
@@ -109,9 +110,7 @@ def stop(
     os.kill(pid, signal.SIGUSR1 if restart else signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not procs.pid_running(pid):
             err(f"agent {name} (pid {pid}) stopped")
             return
         time.sleep(0.05)

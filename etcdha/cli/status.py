@@ -1,63 +1,158 @@
-"""`etcdha status`: what etcd says about the cluster."""
+"""`etcdha status`: what etcd says about the cluster, in one read."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 import typer
 
 from etcdha.cli.common import Conn, err, out_json, with_conn
 from etcdha.configdb import describe, parse_stored
-from etcdha.store import Store
+from etcdha.keyspace import KeyKind
+from etcdha.store import KeyValue, Store
+
+
+def _json(kv: KeyValue) -> dict[str, Any] | None:
+    try:
+        data = json.loads(kv.value)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def collect(kvs: list[KeyValue], conn: Conn, revision: int) -> dict[str, Any]:
+    """The status report as stable JSON-ready data (documented in `--help`)."""
+    ks = conn.keyspace
+    report: dict[str, Any] = {
+        "cluster": ks.cluster,
+        "prefix": ks.root,
+        "revision": revision,
+        "config": None,
+        "groups": {},
+        "members": {},
+        "standby": {},
+        "takeover": {},
+        "unknown_keys": [],
+        "malformed_keys": [],
+    }
+    last_acquired: dict[str, dict[str, Any]] = {}
+    spec = None
+    for kv in kvs:
+        parsed = ks.classify(kv.key)
+        if parsed is None:
+            report["unknown_keys"].append(kv.key)
+            continue
+        data = _json(kv)
+        if parsed.kind is KeyKind.CONFIG:
+            stored = parse_stored(kv, ks)
+            spec = stored.spec
+            report["config"] = {
+                "mod_revision": kv.mod_revision,
+                "valid": stored.problem is None,
+                "summary": describe(stored.spec) if stored.spec else None,
+                "problems": [str(p) for p in stored.problem.problems] if stored.problem else [],
+            }
+        elif data is None and parsed.kind is not KeyKind.EVENT:
+            report["malformed_keys"].append(kv.key)
+        elif parsed.kind is KeyKind.LEADER and data is not None:
+            report["groups"][parsed.name] = {
+                "leader": data.get("node"),
+                "term": kv.create_revision,
+                "since": data.get("since"),
+                "lease": format(kv.lease, "x"),
+            }
+        elif parsed.kind is KeyKind.MEMBER and data is not None:
+            report["members"][parsed.name] = {
+                "eligible": data.get("eligible"),
+                "why": data.get("why"),
+                "ping_ok": data.get("ping_ok"),
+                "holding": data.get("holding", {}),
+                "host": data.get("host"),
+                "version": data.get("version"),
+                "started": data.get("started"),
+                "config_revision": data.get("config_revision"),
+            }
+        elif parsed.kind is KeyKind.STANDBY and data is not None:
+            report["standby"][parsed.name] = data
+        elif parsed.kind is KeyKind.TAKEOVER and data is not None:
+            report["takeover"][parsed.name] = data
+        elif parsed.kind is KeyKind.EVENT and data and data.get("type") == "leader-acquired":
+            last_acquired[str(data.get("group"))] = {
+                k: data.get(k) for k in ("at", "node", "reason")
+            }
+    if spec is not None:
+        for group in spec.groups:
+            report["groups"].setdefault(group.name, {"leader": None})
+    for name, info in report["groups"].items():
+        info["last_change"] = last_acquired.get(name)
+    return report
+
+
+def _print(report: dict[str, Any]) -> None:
+    typer.echo(f"cluster {report['cluster']} ({report['prefix']}) at revision {report['revision']}")
+    cfg = report["config"]
+    if cfg is None:
+        typer.echo("config: none applied")
+    else:
+        state = cfg["summary"] if cfg["valid"] else "NOT VALID"
+        typer.echo(f"config: revision {cfg['mod_revision']}, {state}")
+    typer.echo("groups:")
+    for name, g in sorted(report["groups"].items()):
+        if g.get("leader"):
+            line = f"  {name}: led by {g['leader']} (term {g['term']}, since {g['since']})"
+        else:
+            line = f"  {name}: NO LEADER"
+        if name in report["takeover"]:
+            line += f"; taken over by {report['takeover'][name].get('target')}"
+        typer.echo(line)
+        last = g.get("last_change")
+        if last:
+            typer.echo(f"    last change {last['at']}: {last['node']} ({last['reason']})")
+    typer.echo("members:")
+    for name, m in sorted(report["members"].items()):
+        state = "eligible" if m["eligible"] else "NOT eligible"
+        why = f" ({m['why']})" if m.get("why") else ""
+        held = [a for addrs in (m.get("holding") or {}).values() for a in addrs]
+        holds = f", holds {', '.join(held)}" if held else ""
+        typer.echo(f"  {name}: {state}{why}{holds}")
+    for name, s in sorted(report["standby"].items()):
+        if name not in report["members"]:
+            typer.echo(f"  {name}: standby ({s.get('reason')}), not running")
 
 
 @with_conn
 def status(
-    as_json: Annotated[bool, typer.Option("--json", help="Stable JSON on stdout.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Stable JSON on stdout: cluster, prefix, revision, config, groups (leader, "
+            "term, since, lease, last_change), members (eligible, why, ping_ok, holding, "
+            "host, version, started, config_revision), standby, takeover, unknown_keys, "
+            "malformed_keys.",
+        ),
+    ] = False,
     *,
     conn: Conn,
 ) -> None:
-    """Show the cluster's state in etcd: config, and any keys etcdha does not know."""
+    """Show the cluster as etcd holds it: each group's leader, term and last change;
+    each member's eligibility, why, and the addresses it holds; keys etcdha does
+    not know are reported, never fatal."""
     ks = conn.keyspace
 
     async def body(store: Store) -> dict[str, Any]:
         kvs, revision = await store.get_prefix(ks.root)
-        report: dict[str, Any] = {
-            "cluster": ks.cluster,
-            "prefix": ks.root,
-            "revision": revision,
-            "config": None,
-            "unknown_keys": [],
-        }
-        for kv in kvs:
-            parsed = ks.classify(kv.key)
-            if parsed is None:
-                report["unknown_keys"].append(kv.key)
-            elif parsed.kind == "config":
-                stored = parse_stored(kv, ks)
-                report["config"] = {
-                    "mod_revision": kv.mod_revision,
-                    "valid": stored.problem is None,
-                    "summary": describe(stored.spec) if stored.spec else None,
-                    "problems": [str(p) for p in stored.problem.problems] if stored.problem else [],
-                }
-        return report
+        return collect(kvs, conn, revision)
 
     report = conn.run(body)
     if as_json:
         out_json(report)
     else:
-        cfg = report["config"]
-        typer.echo(
-            f"cluster {report['cluster']} ({report['prefix']}) at revision {report['revision']}"
-        )
-        if cfg is None:
-            typer.echo("config: none applied")
-        elif cfg["valid"]:
-            typer.echo(f"config: revision {cfg['mod_revision']}, {cfg['summary']}")
-        else:
-            typer.echo(f"config: revision {cfg['mod_revision']}, NOT VALID")
+        _print(report)
     for problem in (report["config"] or {}).get("problems", []):
         err(f"error: {problem}")
     for key in report["unknown_keys"]:
         err(f"warning: {key}: not a key etcdha writes; left alone")
+    for key in report["malformed_keys"]:
+        err(f"warning: {key}: value is not the JSON etcdha writes; ignored")
