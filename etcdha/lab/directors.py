@@ -134,15 +134,30 @@ class DirectorLab:
                     raise RuntimeError(f"etcd did not become healthy: {e}\n{logs}") from e
             time.sleep(0.1)
 
-    def etcd_leader_index(self) -> int:
-        out = json.loads(self.etcdctl("endpoint", "status", "-w", "json"))
-        ids = [int(e["Status"]["header"]["member_id"]) for e in out]
-        leader = int(out[0]["Status"]["leader"])
-        return ids.index(leader)
+    def _etcd_status(self) -> list[dict[str, Any]]:
+        running = ",".join(f"http://{m.host}:{CLIENT_PORT}" for m in self.etcd if m.running)
+        out: list[dict[str, Any]] = json.loads(
+            self.etcdctl("endpoint", "status", "-w", "json", endpoints=running)
+        )
+        return out
 
-    def etcd_member_ids(self) -> list[str]:
-        out = json.loads(self.etcdctl("endpoint", "status", "-w", "json"))
-        return [format(int(e["Status"]["header"]["member_id"]), "x") for e in out]
+    def etcd_leader_index(self) -> int:
+        status = self._etcd_status()
+        leader = int(status[0]["Status"]["leader"])
+        for entry in status:
+            if int(entry["Status"]["header"]["member_id"]) == leader:
+                host = entry["Endpoint"].split("//")[1].split(":")[0]
+                return [m.host for m in self.etcd].index(host)
+        raise RuntimeError("no etcd member reports itself as leader")
+
+    def move_etcd_leader(self) -> None:
+        """`etcdctl move-leader` to the next member (forces an etcd leader change)."""
+        status = self._etcd_status()
+        leader = int(status[0]["Status"]["leader"])
+        ids = [int(e["Status"]["header"]["member_id"]) for e in status]
+        endpoint = status[ids.index(leader)]["Endpoint"]
+        target = ids[(ids.index(leader) + 1) % len(ids)]
+        self.etcdctl("move-leader", format(target, "x"), endpoints=endpoint)
 
     # -- the CLI and agents
 
