@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ class Agent:
         self.runners: dict[str, GroupRunner] = {}
         self._member_value: bytes = b""
         self._next_wake: float | None = None
+        self._pending: list[Coroutine[Any, Any, None]] = []  # resource updates to run
 
     # -- start-up
 
@@ -202,6 +204,7 @@ class Agent:
             self.eligibility = Eligibility(self.node, self._spec, self.view)
             await self._register(store)
             self._rebuild_runners()
+            await self._apply_pending()
             kvs, revision = await store.get_prefix(self.ks.root)
             sync.load(kvs)
             await self._remove_stale_addresses()
@@ -269,9 +272,7 @@ class Agent:
         for name in list(self.runners):
             if name not in wanted:
                 runner = self.runners.pop(name)
-                asyncio.get_running_loop().create_task(
-                    runner.handover(f"group {name} is no longer in the config")
-                )
+                self._pending.append(runner.handover(f"group {name} is no longer in the config"))
         if node is None:
             return
         for g in spec.groups:
@@ -279,17 +280,18 @@ class Agent:
                 g.name, self.node, self.store, self.ks, self.fence, self.notifier
             )
             self.runners[g.name] = runner
-            fresh = resources.build(g.name, list(g.resources), node, spec.announce)
-            if not runner.active:
-                runner.set_resources(fresh)
-            elif [r.describe() for r in fresh] != [r.describe() for r in runner.resources]:
-                asyncio.get_running_loop().create_task(self._restart_group(runner, fresh))
+            keys: list[object] = [(r, node, spec.announce) for r in g.resources]
 
-    async def _restart_group(self, runner: GroupRunner, fresh: list[resources.Resource]) -> None:
-        log.info("group %s: its resources changed in the config; restarting them", runner.name)
-        await runner.deactivate("released", "resources changed")
-        runner.set_resources(fresh)
+            def make(key: object, group: str = g.name) -> resources.Resource:
+                assert isinstance(key, tuple)
+                return resources.build_one(group, *key)
+
+            self._pending.append(runner.update(keys, make, self.keeper.deadline))
         self.wake.set()
+
+    async def _apply_pending(self) -> None:
+        while self._pending:
+            await self._pending.pop(0)
 
     async def _remove_stale_addresses(self) -> None:
         """Addresses of groups we do not lead must not linger from an earlier run."""
@@ -422,6 +424,7 @@ class Agent:
                 await asyncio.wait_for(self.wake.wait(), timeout)
             self.wake.clear()
             self._next_wake = None
+            await self._apply_pending()
             try:
                 await self._reconcile()
             except EtcdError as e:

@@ -144,12 +144,42 @@ class GroupRunner:
         self.fence = fence
         self.notify = notify
         self.resources: list[Resource] = []
+        self._keys: list[object] = []  # what each resource was built from
         self.term: Term | None = None  # set while we hold the leader key
         self.active = False  # resources started
         self._lock = asyncio.Lock()
 
-    def set_resources(self, resources: list[Resource]) -> None:
-        self.resources = resources
+    async def update(
+        self, keys: list[object], make: Callable[[object], Resource], deadline: float
+    ) -> None:
+        """Bring the resources in line with the config: stop those it dropped (in
+        reverse), start those it added (in order), leave unchanged ones alone."""
+        async with self._lock:
+            if keys == self._keys:
+                return
+            old = list(zip(self._keys, self.resources, strict=True))
+            plan: list[tuple[object, Resource, bool]] = []
+            for key in keys:
+                match = next((pair for pair in old if pair[0] == key), None)
+                if match is not None:
+                    old.remove(match)
+                    plan.append((key, match[1], False))
+                else:
+                    plan.append((key, make(key), True))
+            self._keys = [k for k, _, _ in plan]
+            if not self.active:
+                self.resources = [r for _, r, _ in plan]
+                return
+            log.info("group %s: resources changed in the config; applying the change", self.name)
+            await self._stop([r for _, r in old])
+            self.resources = [r for _, r, _ in plan]
+            for _, r, fresh in plan:
+                if fresh:
+                    try:
+                        await r.start()
+                    except ResourceError as e:
+                        log.error("group %s: %s", self.name, e)
+            await self._arm(deadline)
 
     @property
     def key(self) -> str:

@@ -72,7 +72,11 @@ class AddressRuntime:
     async def start(self) -> None:
         held = await self.resolve()
         try:
-            await network.add_address(held.ifname, held.ip, held.prefixlen, label=self.spec.label)
+            # Like keepalived, skip IPv6 duplicate address detection unless asked:
+            # it would keep a moving VIP unusable for a second or more.
+            await network.add_address(
+                held.ifname, held.ip, held.prefixlen, label=self.spec.label, nodad=not self.spec.dad
+            )
         except (network.NetworkError, OSError) as e:
             raise ResourceError(
                 f"cannot add {held.ip}/{held.prefixlen} to {held.ifname}: {e}"
@@ -208,18 +212,12 @@ class _NoIPVS:
         return []
 
 
-def build(
-    group: str,
-    resources: list[AddressResource | IPVSResource | ScriptResource],
-    node: Node,
-    announce: Announce,
-) -> list[Resource]:
-    out: list[Resource] = []
-    for r in resources:
-        if isinstance(r, AddressResource):
-            out.append(AddressRuntime(r, node, announce))
-        elif isinstance(r, ScriptResource):
-            out.append(ScriptRuntime(r))
-        else:
-            out.append(_ipvs_factory(group) if _ipvs_factory else _NoIPVS(group))
-    return out
+ResourceSpec = AddressResource | IPVSResource | ScriptResource
+
+
+def build_one(group: str, spec: ResourceSpec, node: Node, announce: Announce) -> Resource:
+    if isinstance(spec, AddressResource):
+        return AddressRuntime(spec, node, announce)
+    if isinstance(spec, ScriptResource):
+        return ScriptRuntime(spec)
+    return _ipvs_factory(group) if _ipvs_factory else _NoIPVS(group)

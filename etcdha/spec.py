@@ -199,6 +199,11 @@ class AddressResource(Model):
         None, description="default: the interface whose subnet contains the address, per node"
     )
     label: str | None = None
+    dad: bool = Field(
+        False,
+        description="IPv6: run duplicate address detection before using the address "
+        "(a takeover then waits for it; keepalived skips it too)",
+    )
 
 
 class IPVSResource(Model):

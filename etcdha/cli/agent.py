@@ -96,7 +96,13 @@ def stop(
             "within the lease TTL and nothing moves.",
         ),
     ] = False,
-    cluster: Annotated[str, typer.Option(envvar="ETCDHA_CLUSTER")] = "default",
+    cluster: Annotated[
+        str,
+        typer.Option(
+            envvar="ETCDHA_CLUSTER",
+            help="Cluster name the agent was started with (its pid file is named after it).",
+        ),
+    ] = "default",
     run_dir: RunDir = Path("/run/etcdha"),
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the agent to exit.")] = 30.0,
 ) -> None:

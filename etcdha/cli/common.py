@@ -6,9 +6,14 @@ import asyncio
 import functools
 import inspect
 import json
+import os
+import socket
+import ssl
 import sys
+import time
 import typing
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -16,8 +21,21 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
+# gRPC's C core prints its own lines (TLS alerts, "Corruption detected", ...) on
+# stderr around our one-sentence diagnostics; it reads this variable once, when
+# grpc is first imported, which is just below. GRPC_VERBOSITY=ERROR shows them.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 from etcdha.keyspace import Keyspace
-from etcdha.store import EtcdAuthError, EtcdSettings, EtcdUnavailable, Store, parse_endpoints
+from etcdha.store import (
+    Endpoint,
+    EtcdAuthError,
+    EtcdError,
+    EtcdSettings,
+    EtcdUnavailable,
+    Store,
+    parse_endpoints,
+)
 
 T = TypeVar("T")
 
@@ -31,8 +49,9 @@ class Exit(IntEnum):
 
 
 EXIT_CODES_HELP = (
-    "Exit codes: 0 success, 1 refused (invalid input or failed check), 2 usage error, "
-    "3 conflict (a concurrent change won), 4 etcd unreachable."
+    "Exit codes: 0 success, 1 refused (invalid input, failed check, or etcd refused our "
+    "credentials or TLS certificate), 2 usage error, 3 conflict (a concurrent change won), "
+    "4 etcd unreachable."
 )
 
 
@@ -67,9 +86,136 @@ class Conn:
         try:
             return run_async(main())
         except EtcdUnavailable as e:
-            fail(f"etcd unreachable at {', '.join(self.settings.endpoints)}: {e}", Exit.UNREACHABLE)
+            causes, refused = diagnose(self.settings)
+            where = ", ".join(self.settings.endpoints)
+            if refused:
+                fail(f"etcd at {where} refused the connection: {'; '.join(causes)}", Exit.REFUSED)
+            found = f"{'; '.join(causes)}; " if causes else ""
+            fail(f"etcd unreachable at {where}: {found}{e}", Exit.UNREACHABLE)
         except EtcdAuthError as e:
             fail(f"etcd refused our credentials: {e}", Exit.REFUSED)
+        except EtcdError as e:
+            fail(f"etcd at {', '.join(self.settings.endpoints)}: {e}", Exit.REFUSED)
+
+
+# -- why an endpoint did not answer
+#
+# gRPC only says that a channel cannot connect. After a failure, each endpoint
+# is probed once, the way the channel would have used it (TCP, then TLS with the
+# same files), so that the message names the cause: nothing listening, no
+# answer, a server certificate our CA did not sign, a TLS handshake refused for
+# want of a client certificate, a TLS server reached with http://.
+
+_PROBE_TIMEOUT = 1.0
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def diagnose(settings: EtcdSettings) -> tuple[list[str], bool]:
+    """One sentence per endpoint with a cause found, and whether any is a TLS refusal
+    (a matter of certificates, so exit code 1 rather than 4)."""
+    endpoints = settings.parsed_endpoints()
+    with ThreadPoolExecutor(max_workers=len(endpoints)) as pool:
+        found = list(pool.map(lambda ep: _probe(ep, settings), endpoints))
+    named = len(endpoints) > 1
+    causes = [
+        f"{ep}: {cause}" if named else cause
+        for ep, (cause, _) in zip(endpoints, found, strict=True)
+        if cause
+    ]
+    return causes, any(refused for _, refused in found)
+
+
+def _uses_tls(ep: Endpoint, settings: EtcdSettings) -> bool:
+    """As the store decides: https://, or no scheme with --cacert or --cert given."""
+    return ep.scheme == "https" or (
+        ep.scheme is None and (settings.cacert is not None or settings.cert is not None)
+    )
+
+
+def _probe(ep: Endpoint, settings: EtcdSettings) -> tuple[str, bool]:
+    deadline = time.monotonic() + _PROBE_TIMEOUT
+    try:
+        sock = socket.create_connection((ep.host, ep.port), timeout=_PROBE_TIMEOUT)
+    except ConnectionRefusedError:
+        return "connection refused (nothing listens there)", False
+    except TimeoutError:
+        return f"no answer to a TCP connect within {_PROBE_TIMEOUT:g}s", False
+    except OSError as e:
+        return f"cannot connect: {e.strerror or e}", False
+    with sock:
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        if _uses_tls(ep, settings):
+            return _probe_tls(ep, settings, sock)
+        return _probe_plain(ep, sock)
+
+
+def _probe_tls(ep: Endpoint, settings: EtcdSettings, sock: socket.socket) -> tuple[str, bool]:
+    try:
+        context = ssl.create_default_context(
+            cafile=str(settings.cacert) if settings.cacert is not None else None
+        )
+        if settings.cert is not None and settings.key is not None:
+            context.load_cert_chain(str(settings.cert), str(settings.key))
+    except (OSError, ssl.SSLError) as e:
+        return f"cannot use the TLS files (--cacert, --cert, --key): {e}", True
+    context.set_alpn_protocols(["h2"])
+    try:
+        with context.wrap_socket(sock, server_hostname=ep.host) as tls:
+            # With TLS 1.3 the server judges our certificate after the handshake:
+            # its verdict arrives with the first read.
+            tls.sendall(_H2_PREFACE)
+            tls.recv(1)
+    except ssl.SSLCertVerificationError as e:
+        return (
+            f"TLS handshake failed: the server's certificate was not accepted "
+            f"({e.verify_message}); check --cacert",
+            True,
+        )
+    except ssl.SSLError as e:
+        reason = str(e.reason or e)
+        if "ALERT" in reason.upper() and "CERTIFICATE" in reason.upper():
+            if settings.cert is None:
+                return (
+                    "TLS handshake refused: etcd requires a client certificate; give --cert "
+                    "and --key (or ETCDHA_CERT and ETCDHA_KEY)",
+                    True,
+                )
+            return (
+                f"TLS handshake refused: etcd did not accept the client certificate "
+                f"{settings.cert} ({reason})",
+                True,
+            )
+        return f"TLS handshake failed: {reason}", True
+    except (TimeoutError, OSError):
+        return "", False
+    return "", False
+
+
+def _probe_plain(ep: Endpoint, sock: socket.socket) -> tuple[str, bool]:
+    """Does a plaintext endpoint answer HTTP/2, or is it a TLS server reached with http://?"""
+    try:
+        sock.sendall(_H2_PREFACE)
+        if sock.recv(1):
+            return "", False
+    except (TimeoutError, OSError):
+        return "", False
+    # Closed at once: a TLS listener does that with plaintext. Confirm with a handshake.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((ep.host, ep.port), timeout=_PROBE_TIMEOUT) as again,
+            context.wrap_socket(again, server_hostname=ep.host),
+        ):
+            pass
+    except (OSError, ssl.SSLError):
+        return "the endpoint closed the connection without answering", False
+    return (
+        f"the endpoint speaks TLS: write https://{ep.target} and give --cacert "
+        "(and --cert/--key if it asks for a client certificate)",
+        True,
+    )
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

@@ -96,7 +96,8 @@ def group_name(key: str, taken: set[str]) -> str:
         base = key.split("::", 1)[-1].split("/", 1)[0].replace(":", ".")
     else:
         base = re.sub(r"[^A-Za-z0-9._-]+", "-", key.replace("::", "-"))
-    base = re.sub(r"-{2,}", "-", base).strip("-.")[:63] or "group"
+    base = re.sub(r"-{2,}", "-", base)
+    base = re.sub(r"^[^A-Za-z0-9]+", "", base).rstrip("-.")[:63] or "group"
     name, n = base, 1
     while name in taken or not valid_name(name):
         n += 1

@@ -1,0 +1,133 @@
+"""What a leader does besides failing over: audit, clean-up, live config,
+notify hooks, IPv6, and riding through a compaction."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from failover_support import DIP, VIP, spec, start_both
+
+from etcdha.lab.directors import AddressSampler, DirectorLab
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+]
+
+
+def test_an_address_removed_by_hand_comes_back(lab: DirectorLab) -> None:
+    start_both(lab, spec(extra_election="  audit_interval: 300ms"))
+    lab.seed.topology.exec("node1", "ip", "addr", "del", f"{VIP}/24", "dev", "eth0")
+    assert VIP not in lab.addresses("node1")
+    lab.wait_for(lambda: VIP in lab.addresses("node1"), 2, "the audit to re-add the VIP")
+    assert "removed from eth0 behind our back" in lab.agents["node1"].log()
+
+
+def test_stale_addresses_are_removed_at_start(lab: DirectorLab) -> None:
+    lab.apply(spec())
+    lab.start_agent("node1")
+    lab.wait_for(lambda: lab.leader("web") == "node1", 10, "node1 to lead")
+    lab.seed.topology.exec("node2", "ip", "addr", "add", f"{VIP}/24", "dev", "eth0")
+    lab.start_agent("node2")
+    lab.wait_for(lambda: lab.holders(VIP) == ["node1"], 5, "node2 to drop the stale VIP")
+    assert "left from an earlier run" in lab.agents["node2"].log()
+
+
+def test_config_changes_are_picked_up_live(lab: DirectorLab) -> None:
+    start_both(lab)
+    more = """  - name: web
+    node: node1
+    resources:
+      - {address: 192.0.2.200/24, interface: eth0}
+      - {address: 198.51.100.200}
+  - name: mail
+    node: node2
+    resources: [{address: 192.0.2.201/24}]"""
+    with AddressSampler(lab, VIP) as sampler:
+        lab.apply(spec(groups=more))
+        lab.wait_for(lambda: lab.holders("192.0.2.201") == ["node2"], 5, "the new group")
+    assert [h for _, h in sampler.changes] == [("node1",)], "the VIP moved on a reload"
+    # Dropping the DIP from web's resources takes it off the leader, nothing else.
+    lab.apply(spec(groups=more.replace("      - {address: 198.51.100.200}\n", "")))
+    lab.wait_for(lambda: DIP not in lab.addresses("node1"), 5, "the DIP to go")
+    assert lab.holders(VIP) == ["node1"]
+
+
+@pytest.fixture
+def hook(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    out = tmp_path / "notified"
+    script = tmp_path / "hook.sh"
+    script.write_text(f'#!/bin/sh\necho "$1 $2 $3" >> {out}\n')
+    script.chmod(0o755)
+    yield script, out
+
+
+def test_notify_hooks_hear_each_transition(lab: DirectorLab, hook: tuple[Path, Path]) -> None:
+    script, out = hook
+    notify = f"notify: {{commands: [{script}], timeout: 2s}}\n"
+    lab.apply(spec() + notify)
+    lab.start_agent("node1")
+    lab.start_agent("node2")
+    lab.wait_for(
+        lambda: out.exists() and "web leader node1 holds web" in out.read_text(),
+        10,
+        "the leader hook",
+    )
+    lab.etcdha("standby", "node1", "--wait", "5")
+    lab.wait_for(
+        lambda: "web backup" in out.read_text() and "web leader node2 holds web" in out.read_text(),
+        5,
+        "the standby hooks",
+    )
+
+
+def test_ipv6_address_moves_with_unsolicited_na() -> None:
+    with DirectorLab(nodes=2, ipv6=True) as lab:
+        vip6 = lab.seed.vip6
+        groups = f"""  - name: web
+    node: node1
+    resources:
+      - {{address: 192.0.2.200/24}}
+      - {{address: "{vip6}/64"}}"""
+        start_both(lab, spec(groups=groups))
+        lab.wait_for(lambda: vip6 in lab.addresses("node1"), 5, "the IPv6 VIP on node1")
+        lab.seed.topology.exec("client", "ping", "-6", "-c1", "-W1", vip6)
+        assert lab.neighbour_mac("client", vip6) == lab.mac("node1")
+        lab.kill_agent("node1")
+        lab.wait_for(lambda: vip6 in lab.addresses("node2"), 5, "the IPv6 VIP on node2")
+        lab.wait_for(
+            lambda: lab.neighbour_mac("client", vip6) == lab.mac("node2"),
+            3,
+            "the client to learn node2's MAC from the unsolicited NA",
+        )
+
+
+def test_a_compacted_watch_is_re_read_without_failover(lab: DirectorLab) -> None:
+    start_both(lab, spec(ttl=10, keepalive=2))
+    with AddressSampler(lab, VIP) as sampler:
+        lab.seed.cut_control("node1")
+        # While node1 cannot see etcd: a change it must not miss, then enough
+        # writes and a compaction to put its watch's revision out of reach.
+        lab.etcdha("standby", "node2", node="node2")
+        for i in range(20):
+            lab.etcdctl("put", f"/elsewhere/x{i}", "filler")
+        revision = int(
+            lab.etcdctl("get", "/etcdha/default/config", "-w", "fields")
+            .split('"Revision" : ')[1]
+            .split()[0]
+        )
+        lab.etcdctl("compaction", str(revision))
+        time.sleep(1.0)
+        lab.seed.restore_control("node1")
+        time.sleep(3.0)
+    assert [h for _, h in sampler.changes] == [("node1",)]
+    report = lab.etcdha("status", "--json").stdout
+    assert '"standby: standby"' in report
+    # node1 saw the standby of node2 although it happened while node1 was cut off.
+    lab.etcdha("takeover", "node2")
+    time.sleep(1.0)
+    assert lab.holders(VIP) == ["node1"], "a takeover towards a node in standby is ignored"
