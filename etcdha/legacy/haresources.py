@@ -95,7 +95,8 @@ def group_name(key: str, taken: set[str]) -> str:
     if script in ("IPaddr", "IPaddr2", "IPv6addr") or isip(key):
         base = key.split("::", 1)[-1].split("/", 1)[0].replace(":", ".")
     else:
-        base = re.sub(r"[^A-Za-z0-9._-]+", "-", key.replace("::", "-"))
+        base = key.replace("::", "-")
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", base)
     base = re.sub(r"-{2,}", "-", base)
     base = re.sub(r"^[^A-Za-z0-9]+", "", base).rstrip("-.")[:63] or "group"
     name, n = base, 1

@@ -585,3 +585,10 @@ def test_derived_defaults_survive_a_minimal_yaml_round_trip(data: dict[str, obje
     vs = VirtualService.model_validate(data)
     dumped = vs.model_dump(mode="json", exclude_defaults=True)
     assert VirtualService.model_validate(dumped) == vs
+
+
+def test_group_names_stay_valid_whatever_the_first_resource(tmp_path: Path) -> None:
+    found = refused(tmp_path, haresources="node1 192.0.2.20>/24/eth0\nnode2 _x::a\n")
+    assert any("'192.0.2.20>' is not an IP address" in p for p in found)
+    r = run(tmp_path, haresources="node1 _x::a@b\nnode2 _x::a@c\n")
+    assert [g.name for g in r.spec.groups] == ["x-a-b", "x-a-c"]
