@@ -18,7 +18,7 @@ import signal
 import socket
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,14 @@ from etcdha.election import GroupRunner, LeaseKeeper
 from etcdha.election_rules import Action, ClusterView, Leader, Member, decide
 from etcdha.eligibility import Eligibility
 from etcdha.events import now_rfc3339
+from etcdha.failsafe import PROBE_LIMIT, Failsafe, TLSFiles
 from etcdha.fence import FenceClient
 from etcdha.httpd import HTTPServer
 from etcdha.keyspace import Keyspace
 from etcdha.notify import Notifier
-from etcdha.spec import ClusterSpec
+from etcdha.spec import ClusterSpec, EtcdUnreachable
 from etcdha.spec_load import Loaded
+from etcdha.spec_types import split_host_port
 from etcdha.store import Compare, EtcdError, EtcdSettings, Op, Store, WatchCompacted
 from etcdha.view_sync import ViewSync
 
@@ -50,7 +52,7 @@ class AgentOptions:
     listen_port: int = 9614
     run_dir: Path = Path("/run/etcdha")
     tick: float = 1.0  # the HA loop runs at least this often
-    extra: dict[str, Any] = field(default_factory=dict)
+    peer_tls: TLSFiles | None = None  # for failsafe confirmations between directors
 
 
 def boot_id() -> str:
@@ -87,6 +89,7 @@ class Agent:
         self._member_value: bytes = b""
         self._next_wake: float | None = None
         self._pending: list[Coroutine[Any, Any, None]] = []  # resource updates to run
+        self.failsafe: Failsafe | None = None
 
     # -- start-up
 
@@ -209,6 +212,7 @@ class Agent:
             sync.load(kvs)
             await self._remove_stale_addresses()
             await self.eligibility.refresh()
+            await self._start_failsafe()
             http = HTTPServer(
                 self.opts.listen_host, self.opts.listen_port, self._healthz, self._readyz
             )
@@ -228,6 +232,8 @@ class Agent:
                 pass
             finally:
                 await http.close()
+                if self.failsafe is not None:
+                    await self.failsafe.close()
             await self._shutdown()
 
     def _install_signals(self) -> None:
@@ -337,11 +343,16 @@ class Agent:
             self.wake.set()
 
     async def _fence_timer(self) -> None:
-        """Drop addresses at the deadline if no keepalive moved it."""
+        """Drop addresses at the deadline if no keepalive (or failsafe) moved it."""
+        asked = 0.0
         while True:
             remaining = self.keeper.remaining()
+            if remaining > 0 and time.monotonic() - asked > 0.5 and self._failsafe_due():
+                asked = time.monotonic()
+                await self._failsafe_extend(remaining)
+                remaining = self.keeper.remaining()
             if remaining > 0:
-                await asyncio.sleep(min(remaining, 0.1) if remaining < 1 else remaining - 0.5)
+                await asyncio.sleep(min(remaining, 0.1))
                 continue
             active = [r for r in self.runners.values() if r.active]
             for runner in active:
@@ -353,6 +364,64 @@ class Agent:
                 await runner.fenced("lease renewal overdue (etcd unreachable?)")
             await asyncio.sleep(0.1)
 
+    def _failsafe_due(self) -> bool:
+        spec = self._spec()
+        return (
+            self.failsafe is not None
+            and spec.election.etcd_unreachable is EtcdUnreachable.failsafe
+            and self.keeper.unreachable()
+            and any(r.active for r in self.runners.values())
+        )
+
+    async def _failsafe_extend(self, remaining: float) -> None:
+        assert self.failsafe is not None
+        spec = self._spec()
+        peers = {
+            n.name: split_host_port(n.peer)
+            for n in spec.nodes
+            if n.name != self.node and n.peer is not None
+        }
+        until = await self.failsafe.confirm(
+            {name: (str(ip), port) for name, (ip, port) in peers.items()},
+            max(PROBE_LIMIT + 0.2, min(1.0, remaining - 0.2)),
+        )
+        if until is None:
+            return
+        deadline = until - spec.election.fence_margin
+        if deadline > self.keeper.deadline:
+            self.keeper.extend(deadline)
+            log.warning(
+                "failsafe: every other director confirms it cannot reach etcd either; "
+                "keeping the addresses for %.1fs more",
+                self.keeper.remaining(),
+            )
+            await self._renewed(self.keeper.deadline)
+
+    async def _start_failsafe(self) -> None:
+        spec = self._spec()
+        me = next((n for n in spec.nodes if n.name == self.node), None)
+        if me is None or me.peer is None:
+            return
+        if self.opts.peer_tls is None:
+            log.error(
+                "failsafe needs TLS material to authenticate directors (--peer-cacert, "
+                "--peer-cert, --peer-key, or the etcd ones); this node will not confirm "
+                "nor ask, so it behaves as under etcd_unreachable: drop"
+            )
+            return
+        self.failsafe = Failsafe(
+            self.node,
+            self.opts.peer_tls,
+            self.keeper.probe,
+            lambda: self._spec().election.lease_ttl,
+        )
+        ip, port = split_host_port(me.peer)
+        try:
+            await self.failsafe.serve(str(ip), port)
+        except OSError as e:
+            log.error("failsafe: cannot listen on %s: %s", me.peer, e.strerror)
+            self.failsafe = None
+
     async def _watch(self, sync: ViewSync, revision: int) -> None:
         while True:
             try:
@@ -363,15 +432,21 @@ class Agent:
                     if batch.events:
                         self.eligibility.poke()
                         self.wake.set()
+                continue
             except WatchCompacted as e:
                 log.warning(
                     "watch fell behind compaction (revision %d); re-reading everything",
                     e.compact_revision,
                 )
-                kvs, revision = await self._read_all()
-                sync.load(kvs)
-                self.eligibility.poke()
-                self.wake.set()
+            except EtcdError as e:
+                # The stream broke in a way the store does not resume by itself
+                # (etcd shutting down, say): re-read, then watch from there.
+                log.warning("watch on %s broke (%s); re-reading everything", self.ks.root, e)
+                await asyncio.sleep(0.5)
+            kvs, revision = await self._read_all()
+            sync.load(kvs)
+            self.eligibility.poke()
+            self.wake.set()
 
     async def _read_all(self) -> tuple[list[Any], int]:
         while True:
@@ -470,6 +545,9 @@ class Agent:
                     d.reason,
                     [Op.put(self.ks.member(self.node), member, lease=self.keeper.lease_id)],
                 )
+            elif d.action is Action.campaign and self.failsafe and not self.failsafe.may_campaign():
+                log.info("group %s: not campaigning, bound by a failsafe promise", group.name)
+                self._schedule(max(0.1, self.failsafe.promised_until - now))
             elif d.action is Action.campaign and self.keeper.alive():
                 won = await runner.campaign(self.keeper.lease_id, d.reason)
                 if won and runner.term is not None:

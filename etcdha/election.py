@@ -50,6 +50,7 @@ class LeaseKeeper:
         self.on_renew = on_renew
         self.lease_id = 0
         self.deadline = 0.0  # monotonic; addresses must be gone by then
+        self.last_ack = 0.0  # monotonic send time of the last acknowledged keepalive
         self.lost = asyncio.Event()
         self.renewed = asyncio.Event()
 
@@ -59,10 +60,32 @@ class LeaseKeeper:
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
 
+    def unreachable(self) -> bool:
+        """The last keepalive went unanswered."""
+        return time.monotonic() - self.last_ack > 1.2 * self.interval
+
+    async def probe(self, limit: float) -> bool:
+        """Can we reach etcd right now? One keepalive, bounded; counts if it works."""
+        if time.monotonic() - self.last_ack < 0.5 * self.interval:
+            return True
+        try:
+            result = await self.store.keepalive_once(self.lease_id, timeout=limit)
+        except EtcdError:
+            return False
+        if result.ttl > 0:
+            self.last_ack = result.sent_at_monotonic
+            self.deadline = max(self.deadline, result.sent_at_monotonic + result.ttl - self.margin)
+        return True
+
+    def extend(self, deadline: float) -> None:
+        """A later deadline vouched for by other means (failsafe promises)."""
+        self.deadline = max(self.deadline, deadline)
+
     async def grant(self) -> int:
         sent = time.monotonic()
         lease = await self.store.grant(self.ttl)
         self.lease_id = lease.id
+        self.last_ack = sent
         self.deadline = sent + lease.ttl - self.margin
         self.lost.clear()
         log.info("granted lease %x with TTL %ds", lease.id, lease.ttl)
@@ -78,6 +101,7 @@ class LeaseKeeper:
         if result.ttl <= 0:
             return False
         self.lease_id = lease_id
+        self.last_ack = result.sent_at_monotonic
         self.deadline = result.sent_at_monotonic + result.ttl - self.margin
         self.lost.clear()
         log.info("reclaimed lease %x left by the previous agent (TTL %ds)", lease_id, result.ttl)
@@ -103,7 +127,10 @@ class LeaseKeeper:
                     log.error("lease %x has expired in etcd; all leadership is gone", self.lease_id)
                     self.lost.set()
                     return
-                self.deadline = result.sent_at_monotonic + result.ttl - self.margin
+                self.last_ack = result.sent_at_monotonic
+                self.deadline = max(
+                    self.deadline, result.sent_at_monotonic + result.ttl - self.margin
+                )
                 metrics.lease_deadline.set(self.remaining())
                 await self.on_renew(self.deadline)
                 self.renewed.set()

@@ -123,6 +123,11 @@ class Node(Model):
         default_factory=dict,
         description="per-node interface overrides: address resource (ip/prefix) -> interface",
     )
+    peer: Endpoint | None = Field(
+        None,
+        description="ip:port where the other directors reach this node's agent over mutual "
+        "TLS (failsafe confirmations); required by etcd_unreachable: failsafe",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -297,6 +302,11 @@ class Check(Model):
     verify_tls: bool = Field(False, description="ldirectord does not verify certificates")
     port: int | None = Field(None, ge=1, le=65535, description="probe this port, not the real's")
     command: str | None = Field(None, description="external check, a file in the checks dir")
+    dynamic_weight: bool = Field(
+        False,
+        description="external checks: keepalived's misc_dynamic: exit 0 up, 1 down, 2-255 up "
+        "with weight exit code - 2 (off: every non-zero exit is down, as ldirectord)",
+    )
     login: str | None = None
     password: str | None = None
     database: str | None = None
@@ -558,6 +568,16 @@ class ClusterSpec(Model):
 
     def _check_election(self, errors: list[tuple[str, str]]) -> None:
         e = self.election
+        if e.etcd_unreachable is EtcdUnreachable.failsafe:
+            for i, node in enumerate(self.nodes):
+                if node.peer is None:
+                    errors.append(
+                        (
+                            f"nodes[{i}].peer",
+                            f"{node.name} needs a peer address (ip:port): under "
+                            "etcd_unreachable: failsafe the directors confirm to each other",
+                        )
+                    )
         if e.lease_ttl < MIN_LEASE_TTL:
             errors.append(
                 (

@@ -14,6 +14,7 @@ import typer
 from etcdha import procs
 from etcdha.agent import Agent, AgentOptions, AlreadyRunning
 from etcdha.cli.common import EXIT_CODES_HELP, Conn, Exit, err, fail, run_async, with_conn
+from etcdha.failsafe import TLSFiles
 from etcdha.store import EtcdUnavailable
 
 app = typer.Typer(
@@ -49,6 +50,26 @@ def start(
         ),
     ] = "127.0.0.1:9614",
     run_dir: RunDir = Path("/run/etcdha"),
+    peer_cacert: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="ETCDHA_PEER_CACERT",
+            help="CA that signed the directors' certificates, for failsafe confirmations "
+            "between directors (default: --cacert).",
+        ),
+    ] = None,
+    peer_cert: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="ETCDHA_PEER_CERT",
+            help="This director's certificate for failsafe confirmations, used both to "
+            "serve and to ask (default: --cert).",
+        ),
+    ] = None,
+    peer_key: Annotated[
+        Path | None,
+        typer.Option(envvar="ETCDHA_PEER_KEY", help="Its private key (default: --key)."),
+    ] = None,
     *,
     conn: Conn,
 ) -> None:
@@ -67,8 +88,18 @@ def start(
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         fail(f"--listen: {listen!r} is not host:port", Exit.USAGE)
+    files = (
+        peer_cacert or conn.settings.cacert,
+        peer_cert or conn.settings.cert,
+        peer_key or conn.settings.key,
+    )
+    tls = TLSFiles(*(Path(f) for f in files)) if all(files) else None  # type: ignore[arg-type]
     opts = AgentOptions(
-        node=name, listen_host=host.strip("[]"), listen_port=int(port), run_dir=run_dir
+        node=name,
+        listen_host=host.strip("[]"),
+        listen_port=int(port),
+        run_dir=run_dir,
+        peer_tls=tls,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     pid_file = _pid_file(run_dir, conn.keyspace.cluster, name)

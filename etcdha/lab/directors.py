@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from etcdha.lab.etcd_process import EtcdProcess, scratch_dir
+from etcdha.lab.etcd_process import EtcdProcess, Pki, make_pki, scratch_dir
 from etcdha.lab.netns import LabProcess, netns_exec_argv
 from etcdha.lab.topology import CONTROL, SeedTopology, build_seed_topology
 
@@ -55,10 +55,12 @@ class DirectorLab:
     nodes: int = 2
     etcd_members: int = 1
     ipv6: bool = False
+    tls: bool = False  # etcd over TLS with client certificates (also the directors' own)
     seed: SeedTopology = field(init=False)
     work: Path = field(init=False)
     etcd: list[EtcdProcess] = field(default_factory=list, init=False)
     agents: dict[str, Agent] = field(default_factory=dict, init=False)
+    pki: Pki | None = field(default=None, init=False)
     cluster: str = "default"
 
     def __post_init__(self) -> None:
@@ -75,8 +77,23 @@ class DirectorLab:
     def _etcd_hosts(self) -> list[str]:
         return [str(CONTROL.network_address + 1 + i) for i in range(self.etcd_members)]
 
+    def tls_args(self) -> list[str]:
+        """etcd client flags; the lab's server certificate also serves as client (and
+        directors' peer) certificate, as it carries both key usages."""
+        if self.pki is None:
+            return []
+        return [
+            "--cacert",
+            str(self.pki.ca_cert),
+            "--cert",
+            str(self.pki.server_cert),
+            "--key",
+            str(self.pki.server_key),
+        ]
+
     def _start_etcd(self) -> None:
         hosts = self._etcd_hosts()
+        self.pki = make_pki(self.work / "pki", hosts) if self.tls else None
         for extra in hosts[1:]:
             self.seed.topology.add_address("etcd", "eth0", f"{extra}/{CONTROL.prefixlen}")
         initial = ",".join(f"etcd{i}=http://{h}:{PEER_PORT}" for i, h in enumerate(hosts))
@@ -91,6 +108,7 @@ class DirectorLab:
                 initial_cluster=initial,
                 cluster_token=f"lab-{self.seed.run_id}",
                 wrapper=wrapper,
+                tls=self.pki,
             )
             member.start(wait=False)
             self.etcd.append(member)
@@ -98,7 +116,8 @@ class DirectorLab:
 
     @property
     def endpoints(self) -> str:
-        return ",".join(f"http://{h}:{CLIENT_PORT}" for h in self._etcd_hosts())
+        scheme = "https" if self.tls else "http"
+        return ",".join(f"{scheme}://{h}:{CLIENT_PORT}" for h in self._etcd_hosts())
 
     def etcdctl(self, *args: str, check: bool = True, endpoints: str | None = None) -> str:
         argv = [
@@ -107,6 +126,7 @@ class DirectorLab:
             endpoints or self.endpoints,
             "--dial-timeout",
             "2s",
+            *self.tls_args(),
             *args,
         ]
         result = subprocess.run(
@@ -123,7 +143,7 @@ class DirectorLab:
 
     def wait_etcd(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        running = [f"http://{m.host}:{CLIENT_PORT}" for m in self.etcd if m.running]
+        running = [m.client_url for m in self.etcd if m.running]
         while True:
             try:
                 self.etcdctl("endpoint", "health", endpoints=",".join(running))
@@ -135,7 +155,7 @@ class DirectorLab:
             time.sleep(0.1)
 
     def _etcd_status(self) -> list[dict[str, Any]]:
-        running = ",".join(f"http://{m.host}:{CLIENT_PORT}" for m in self.etcd if m.running)
+        running = ",".join(m.client_url for m in self.etcd if m.running)
         out: list[dict[str, Any]] = json.loads(
             self.etcdctl("endpoint", "status", "-w", "json", endpoints=running)
         )
@@ -165,7 +185,7 @@ class DirectorLab:
         self, *args: str, node: str = "node1", check: bool = True, timeout: float = 60.0
     ) -> subprocess.CompletedProcess[str]:
         """Run `etcdha ARGS --endpoints ...` inside a director's namespace."""
-        argv = etcdha_argv(*args, "--endpoints", self.endpoints)
+        argv = etcdha_argv(*args, "--endpoints", self.endpoints, *self.tls_args())
         result = subprocess.run(
             netns_exec_argv(self.seed.ns(node), argv),
             capture_output=True,
@@ -200,6 +220,7 @@ class DirectorLab:
                     self.endpoints,
                     "--run-dir",
                     str(run_dir),
+                    *self.tls_args(),
                     *extra,
                 ),
                 stdout=log,

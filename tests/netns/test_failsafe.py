@@ -1,0 +1,60 @@
+"""etcd_unreachable: failsafe — the VIP stays only while every director confirms."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+from failover_support import VIP, spec, start_both
+
+from etcdha.lab.directors import AddressSampler, DirectorLab
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+]
+
+TTL = 3.0
+FAILSAFE = spec(ttl=TTL, extra_election="  etcd_unreachable: failsafe").replace(
+    "nodes: [node1, node2]",
+    # Directors confirm to each other over the public network, not etcd's link.
+    "nodes:\n  - {name: node1, peer: '192.0.2.11:9615'}"
+    "\n  - {name: node2, peer: '192.0.2.12:9615'}",
+)
+
+
+@pytest.fixture
+def tls_lab() -> Iterator[DirectorLab]:
+    with DirectorLab(nodes=2, tls=True) as lab:
+        yield lab
+
+
+def test_etcd_down_for_everybody_keeps_the_vip(tls_lab: DirectorLab) -> None:
+    lab = tls_lab
+    start_both(lab, FAILSAFE)
+    with AddressSampler(lab, VIP) as sampler:
+        lab.etcd[0].stop()
+        time.sleep(3 * TTL)  # far past the deadline that `drop` would keep
+        assert lab.holders(VIP) == ["node1"]
+        lab.etcd[0].start(wait=False)
+        lab.wait_etcd()
+        time.sleep(TTL)
+    assert sampler.overlaps() == []
+    assert lab.holders(VIP) == ["node1"]
+    assert "every other director confirms" in lab.agents["node1"].log()
+    assert "promised node1 not to campaign" in lab.agents["node2"].log()
+
+
+def test_a_director_that_reaches_etcd_refuses_and_the_leader_drops(tls_lab: DirectorLab) -> None:
+    lab = tls_lab
+    start_both(lab, FAILSAFE)
+    with AddressSampler(lab, VIP) as sampler:
+        cut = time.monotonic()
+        lab.seed.cut_control("node1")
+        lab.wait_for(lambda: lab.holders(VIP) == ["node2"], TTL + 2, "node2 to take over")
+        dropped = sampler.last_time("node1")
+        assert dropped is not None and dropped - cut < TTL
+    assert sampler.overlaps() == []
+    assert "node2 refused: I can reach etcd" in lab.agents["node1"].log()
