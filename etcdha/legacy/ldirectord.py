@@ -275,7 +275,11 @@ class LdParser:
     def yes_no(self, value: str, at: Origin) -> str | None:
         if value in ("yes", "no"):
             return value
-        extra = " (no comment may follow a value outside a virtual section)" if "#" in value else ""
+        extra = ""
+        if "#" in value:
+            extra = " (no comment may follow a value outside a virtual section)"
+        elif value.strip() in ("yes", "no"):
+            extra = " (no blank may follow the value; a comment after it leaves one)"
         self.col.refuse(
             at, f"{at.directive} must be 'yes' or 'no' (ldirectord's words){extra}{hint_cr(value)}"
         )

@@ -592,3 +592,15 @@ def test_group_names_stay_valid_whatever_the_first_resource(tmp_path: Path) -> N
     assert any("'192.0.2.20>' is not an IP address" in p for p in found)
     r = run(tmp_path, haresources="node1 _x::a@b\nnode2 _x::a@c\n")
     assert [g.name for g in r.spec.groups] == ["x-a-b", "x-a-c"]
+
+
+def test_a_comment_after_yes_in_a_section_leaves_a_blank_ldirectord_rejects(
+    tmp_path: Path,
+) -> None:
+    found = refused(
+        tmp_path,
+        haresources=GROUP,
+        ldirectord="virtual=192.0.2.200:80\n\treal=198.51.100.1:80 gate\n\tquiescent=yes # w0\n",
+    )
+    assert any("ld.cf:3: quiescent: quiescent must be 'yes' or 'no'" in p for p in found)
+    assert any("no blank may follow the value" in p for p in found)
