@@ -271,9 +271,14 @@ class GroupRunner:
                 raise
             self.active = True
             metrics.is_leader.labels(self.name).set(1)
+            self._set_state("leader")
             metrics.addresses_assigned.labels(self.name).set(len(self.held()))
             metrics.transitions.labels(self.name, "acquired").inc()
             self.notify(self.name, "leader", f"{self.node} holds {self.name}")
+
+    def _set_state(self, state: str) -> None:
+        for name in ("leader", "follower", "fenced"):
+            metrics.state.labels(self.name, name).set(1 if name == state else 0)
 
     def held(self) -> list[str]:
         return [f"{a.ip}/{a.prefixlen}" for r in self.resources for a in r.fence_addresses()]
@@ -308,6 +313,7 @@ class GroupRunner:
                 await self._stop(self.resources)
                 self.active = False
                 metrics.is_leader.labels(self.name).set(0)
+                self._set_state("fenced" if direction == "fenced" else "follower")
                 metrics.addresses_assigned.labels(self.name).set(0)
                 metrics.transitions.labels(self.name, direction).inc()
                 state = "fault" if direction == "fenced" else "backup"
@@ -338,9 +344,12 @@ class GroupRunner:
             ),
             *(extra_ops or []),
         ]
+        start = time.monotonic()
         try:
             await self.store.txn([Compare.create_revision(self.key, "==", term.revision)], ops)
+            metrics.etcd_requests.labels("handover", "ok").observe(time.monotonic() - start)
         except EtcdError as e:
+            metrics.etcd_requests.labels("handover", "error").observe(time.monotonic() - start)
             log.warning(
                 "group %s: could not delete the leader key (%s); it will expire with the lease",
                 self.name,

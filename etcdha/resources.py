@@ -141,6 +141,9 @@ class AddressRuntime:
         return [self.held] if self.held else []
 
 
+LSB_NOT_RUNNING = 3
+
+
 class ScriptRuntime:
     """A Heartbeat-style resource script: `path args... start|stop|status`."""
 
@@ -172,7 +175,11 @@ class ScriptRuntime:
         await self.run("stop")
 
     async def audit(self) -> None:
-        return None
+        # LSB: status exits 3 when the service is not running; restart it then.
+        # Other codes (scripts without status) are left alone.
+        if await self.run("status") == LSB_NOT_RUNNING:
+            log.warning("%s reports it is not running; starting it again", self.describe())
+            await self.start()
 
     def fence_addresses(self) -> list[HeldAddress]:
         return []

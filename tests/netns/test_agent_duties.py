@@ -131,3 +131,46 @@ def test_a_compacted_watch_is_re_read_without_failover(lab: DirectorLab) -> None
     lab.etcdha("takeover", "node2")
     time.sleep(1.0)
     assert lab.holders(VIP) == ["node1"], "a takeover towards a node in standby is ignored"
+
+
+def test_scripts_start_in_order_stop_in_reverse_and_are_kept_running(
+    lab: DirectorLab, tmp_path: Path
+) -> None:
+    log = tmp_path / "calls"
+    state = tmp_path / "running"
+    script = tmp_path / "svc"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$1 $2" >> {log}\n'
+        f'case "$2" in start) touch {state};; stop) rm -f {state};;\n'
+        f"  status) [ -e {state} ] || exit 3;; esac\n"
+    )
+    script.chmod(0o755)
+    groups = f"""  - name: web
+    node: node1
+    resources:
+      - {{address: 192.0.2.200/24}}
+      - {{path: {script}, args: [one]}}
+      - {{path: {script}, args: [two]}}"""
+    start_both(lab, spec(groups=groups, extra_election="  audit_interval: 300ms"))
+    lab.wait_for(lambda: log.exists() and "two start" in log.read_text(), 5, "both scripts")
+    state.unlink()  # the service died behind our back
+    lab.wait_for(lambda: state.exists(), 3, "the audit to start it again")
+    lab.etcdha("standby", "node1", "--wait", "5")
+    lab.wait_for(lambda: "one stop" in log.read_text(), 5, "the scripts to stop")
+    calls = [line for line in log.read_text().splitlines() if not line.endswith("status")]
+    first = calls.index("one start")
+    assert calls[first : first + 2] == ["one start", "two start"]
+    stops = [c for c in calls if c.endswith("stop")]
+    assert stops[-2:] == ["two stop", "one stop"]
+
+
+def test_a_plain_stop_hands_over_without_waiting_for_the_ttl(lab: DirectorLab) -> None:
+    start_both(lab, spec(ttl=10, keepalive=2))
+    with AddressSampler(lab, VIP) as sampler:
+        stopped = time.monotonic()
+        lab.agents["node1"].process.stop(timeout=10)
+        lab.wait_for(lambda: lab.holders(VIP) == ["node2"], 3, "node2 to take over")
+        assert time.monotonic() - stopped < 3
+    assert sampler.overlaps() == []
+    assert "the agent is shutting down" in lab.etcdha("events").stdout
