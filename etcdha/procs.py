@@ -15,6 +15,7 @@ from pathlib import Path
 class Finished:
     code: int | None  # None: killed at the timeout
     stderr: str
+    stdout: str = ""  # only with run_bounded(..., stdout=True)
 
     @property
     def timed_out(self) -> bool:
@@ -35,21 +36,24 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-async def run_bounded(argv: list[str], limit: float, env: dict[str, str] | None = None) -> Finished:
+async def run_bounded(
+    argv: list[str], limit: float, env: dict[str, str] | None = None, *, stdout: bool = False
+) -> Finished:
     """Run argv (no shell) with stdin closed; kill its process group at the timeout.
 
+    ``stdout``: keep the last 2000 characters of its standard output too.
     Raises OSError when it cannot start (missing, not executable)."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE if stdout else asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
         env=env,
     )
     try:
         async with asyncio.timeout(limit):
-            _, stderr = await proc.communicate()
+            out, stderr = await proc.communicate()
     except TimeoutError:
         kill_group(proc.pid)
         await proc.wait()
@@ -57,4 +61,8 @@ async def run_bounded(argv: list[str], limit: float, env: dict[str, str] | None 
     finally:
         if proc.returncode is None:
             kill_group(proc.pid)
-    return Finished(proc.returncode, stderr.decode(errors="replace")[-2000:])
+    return Finished(
+        proc.returncode,
+        stderr.decode(errors="replace")[-2000:],
+        (out or b"").decode(errors="replace")[-2000:],
+    )

@@ -1,0 +1,79 @@
+"""Socket helpers shared by the probes (asyncio, non-blocking)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+from etcdha.probes import Target
+
+
+def family_of(target: Target) -> int:
+    return socket.AF_INET6 if target.family == 6 else socket.AF_INET
+
+
+async def open_stream(
+    target: Target, **kwargs: object
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP (or TLS, with ``ssl=``) stream to the target; the caller's timeout bounds it."""
+    return await asyncio.open_connection(
+        target.address,
+        target.port,
+        limit=16 * 1024,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def close_stream(writer: asyncio.StreamWriter) -> None:
+    """Close without waiting for the peer (an answer we stopped reading may still come)."""
+    transport = writer.transport
+    with contextlib.suppress(Exception):
+        transport.abort()
+
+
+async def sctp_connect(target: Target) -> None:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(family_of(target), socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+    with sock:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (target.address, target.port))
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes | Exception] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.queue.put_nowait(data)
+
+    def error_received(self, exc: Exception) -> None:
+        self.queue.put_nowait(exc)
+
+
+class Datagram:
+    """A connected UDP endpoint: ICMP errors (port unreachable) arrive as exceptions."""
+
+    def __init__(self, transport: asyncio.DatagramTransport, protocol: _Datagrams) -> None:
+        self.transport = transport
+        self.protocol = protocol
+
+    @classmethod
+    async def open(cls, target: Target) -> Datagram:
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_datagram_endpoint(
+            _Datagrams, remote_addr=(target.address, target.port), family=family_of(target)
+        )
+        return cls(transport, protocol)
+
+    def send(self, data: bytes) -> None:
+        self.transport.sendto(data)
+
+    async def receive(self) -> bytes:
+        item = await self.protocol.queue.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.transport.close()

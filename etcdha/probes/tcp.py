@@ -1,0 +1,66 @@
+"""``tcp``: ldirectord's simpletcp check: send ``request``, expect ``receive``.
+
+The request is sent as is (write ``\\n`` in YAML for a newline), then the
+sending side is shut down, as ldirectord does. Up when the regular expression
+``receive`` is found in what the server answers (read until it closes, at most
+64 KiB); with no ``receive``, any answer of at least one byte passes. On a UDP
+service the request is one datagram and the answer is the first datagram back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from functools import cache
+
+from etcdha.probes import READ_LIMIT, Result, Target, register
+from etcdha.probes._net import Datagram, close_stream, open_stream
+
+
+@cache
+def _pattern(text: str) -> re.Pattern[str]:
+    return re.compile(text)
+
+
+def _matches(target: Target, data: bytes) -> bool:
+    if target.receive is None:
+        return bool(data)
+    return bool(_pattern(target.receive).search(data.decode("utf-8", "replace")))
+
+
+def _verdict(target: Target, data: bytes) -> Result:
+    if _matches(target, data):
+        return Result(True, f"answered {len(data)} bytes" if target.receive is None else "matched")
+    if not data:
+        return Result(False, "closed without answering")
+    return Result(False, f"receive {target.receive!r} not found in {data[:40]!r}")
+
+
+@register("tcp")
+async def tcp(target: Target) -> Result:
+    payload = (target.request or "").encode()
+    if target.protocol == "udp":
+        endpoint = await Datagram.open(target)
+        try:
+            endpoint.send(payload)
+            return _verdict(target, await endpoint.receive())
+        finally:
+            with contextlib.suppress(Exception):
+                endpoint.close()
+    reader, writer = await open_stream(target)
+    try:
+        if payload:
+            writer.write(payload)
+        if writer.can_write_eof():
+            writer.write_eof()
+        data = b""
+        while len(data) < READ_LIMIT:
+            chunk = await reader.read(READ_LIMIT - len(data))
+            if not chunk:
+                break
+            data += chunk
+            if _matches(target, data):
+                break
+        return _verdict(target, data)
+    finally:
+        close_stream(writer)
