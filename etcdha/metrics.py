@@ -66,3 +66,54 @@ eligible = Gauge(
     "1 while this node may lead (not standby, interfaces, ping nodes)",
     registry=REGISTRY,
 )
+
+# Real-server health checks. IPVS_LABELS are node_exporter's names for an IPVS
+# backend (node_ipvs_backend_*), so PromQL can join on them: local_address and
+# local_port of the virtual service ("" and 0 for fwmark services),
+# remote_address and remote_port of the real server, proto (TCP, UDP, SCTP,
+# FWM) and local_mark (the firewall mark, "" otherwise).
+IPVS_LABELS = (
+    "local_address",
+    "local_port",
+    "remote_address",
+    "remote_port",
+    "proto",
+    "local_mark",
+)
+checks = Counter(
+    "etcdha_checks_total",
+    "Health checks of real servers run by this checker, by result (up, down)",
+    [*IPVS_LABELS, "result"],
+    registry=REGISTRY,
+)
+check_duration = Histogram(
+    "etcdha_check_duration_seconds",
+    "How long one health check took, by probe (http, connect, external, ...)",
+    ["probe"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+check_slip = Histogram(
+    "etcdha_check_schedule_slip_seconds",
+    "How late a health check started against its schedule",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+real_up = Gauge(
+    "etcdha_real_server_up",
+    "1 while this checker's verdict for the real server is up",
+    list(IPVS_LABELS),
+    registry=REGISTRY,
+)
+real_weight = Gauge(
+    "etcdha_real_server_desired_weight",
+    "The weight this checker's verdict asks for: the configured (or dynamic) weight when up, "
+    "0 when down",
+    list(IPVS_LABELS),
+    registry=REGISTRY,
+)
+health_writes = Counter(
+    "etcdha_health_writes_total",
+    "Health keys this checker wrote or deleted in etcd (verdict changes and republishing)",
+    registry=REGISTRY,
+)

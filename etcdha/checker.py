@@ -1,0 +1,662 @@
+"""The checker: probes every real server of the spec and publishes verdicts on change.
+
+One asyncio task per real server and check: a real whose probe hangs holds
+only its own task (and one slot of the concurrency semaphore) until its
+timeout, so it never delays the checks of other reals. Each task keeps its own
+schedule: the first check within the first second (spread at random), then
+every ``interval`` with +-5 % jitter on a fixed rate (a check that overruns
+its interval skips the missed slots rather than bunching them).
+
+Verdicts (ldirectord's counters):
+
+* A real has no verdict until its first check; the first result decides
+  (up or down). ldirectord starts a real that is not already in the kernel's
+  table as down and brings it up on the first good check; a new checker
+  publishing "down" after one failed check, or "up" after one good one, is the
+  same, without making a healthy real wait ``rise_count`` intervals on every
+  agent restart.
+* Then ``failure_count`` consecutive failures take an up real down, and
+  ``rise_count`` consecutive successes bring a down real up; a result that
+  agrees with the verdict resets the other counter.
+* A dynamic weight (external checks with ``dynamic_weight``) that changes while
+  the real is up is a new verdict too.
+
+Publishing: ``health/<checker>/<service>/<real>`` (JSON: state, since,
+detail, latency_ms, weight when dynamic), a put bound to the lease that
+``lease_id_getter`` returns, written only when a verdict changes, and all of
+them again whenever that lease id changes (a new lease after the old one was
+lost: its keys went with it). A real that leaves the spec loses its key.
+Writes go through one publisher task, in txns of up to 64 puts; while etcd
+does not answer they wait (newer verdicts replace older ones) and the probes
+go on.
+
+:func:`run_standalone` is the checker-only worker (``etcdha checker start``): it
+grants its own lease, keeps it alive, follows the config key and serves
+/metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from etcdha import metrics, probes
+from etcdha.configdb import parse_stored
+from etcdha.events import now_rfc3339
+from etcdha.httpd import HTTPServer
+from etcdha.keyspace import Keyspace, fwmark_segment, real_segment, service_segment, validate_name
+from etcdha.probes import Plan, Result, Target
+from etcdha.spec import ClusterSpec, VirtualService
+from etcdha.spec_types import expand_real, split_host_port
+from etcdha.store import (
+    EtcdError,
+    EtcdLeaseNotFound,
+    EtcdSettings,
+    Op,
+    Store,
+    WatchCompacted,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Checker",
+    "Job",
+    "RealState",
+    "default_checks_dir",
+    "jobs_from_spec",
+    "run_standalone",
+]
+
+RealKey = tuple[str, str]  # (service segment, real segment)
+SpecGetter = Callable[[], ClusterSpec | None]
+LeaseGetter = Callable[[], int]
+
+JITTER = 0.05
+FIRST_SPREAD = 1.0  # seconds over which the first checks of all reals are spread
+TXN_OPS = 64
+PORTLESS_PROBES = {"ping", "on", "off", "none", "external"}
+_NEVER = 10**9
+
+
+def default_checks_dir() -> Path:
+    """/usr/lib/etcdha/checks when it exists (packages install there), else the
+    checks/ folder of a source checkout this module runs from."""
+    if probes.DEFAULT_CHECKS_DIR.is_dir():
+        return probes.DEFAULT_CHECKS_DIR
+    source = Path(__file__).resolve().parent.parent / "checks"
+    return source if source.is_dir() else probes.DEFAULT_CHECKS_DIR
+
+
+# ---------------------------------------------------------------------------
+# what to check
+
+
+@dataclass(frozen=True)
+class Job:
+    """One real server of one virtual service, as its check sees it."""
+
+    key: RealKey
+    service_label: str
+    real_label: str
+    target: Target
+    plan: Plan
+    interval: float
+    failure_count: int
+    rise_count: int
+    weight: int  # the real's configured weight
+    dynamic: bool
+    labels: tuple[tuple[str, str], ...]  # node_exporter's IPVS label names
+
+
+def _service_key(vs: VirtualService) -> tuple[str, str, int]:
+    """(segment, virtual address text, virtual port)."""
+    if vs.fwmark is not None:
+        return fwmark_segment(vs.fwmark, vs.ip_family), str(vs.fwmark), 0
+    assert vs.address is not None
+    ip, port = split_host_port(vs.address)
+    return service_segment(vs.protocol.value, str(ip), port), str(ip), port
+
+
+def ipvs_labels(vs: VirtualService, address: str, port: int) -> tuple[tuple[str, str], ...]:
+    """Labels as node_exporter's ipvs collector names them (node_ipvs_backend_*)."""
+    if vs.fwmark is not None:
+        local_address, local_port, proto, mark = "", "0", "FWM", str(vs.fwmark)
+    else:
+        assert vs.address is not None
+        ip, vport = split_host_port(vs.address)
+        local_address, local_port, proto, mark = str(ip), str(vport), vs.protocol.value.upper(), ""
+    return (
+        ("local_address", local_address),
+        ("local_port", local_port),
+        ("remote_address", address),
+        ("remote_port", str(port)),
+        ("proto", proto),
+        ("local_mark", mark),
+    )
+
+
+def jobs_from_spec(spec: ClusterSpec, checks_dir: Path) -> dict[RealKey, Job]:
+    """Every real server of every virtual service (ranges expanded), keyed by segments."""
+    jobs: dict[RealKey, Job] = {}
+    for vs in spec.virtual_services:
+        segment, vaddr, vport = _service_key(vs)
+        check = vs.check
+        plan = probes.plan(check)
+        for real in vs.reals:
+            for ip, rport in expand_real(real.address):
+                address = str(ip)
+                port = check.port or rport or vport
+                timeout = plan.timeout
+                target = Target(
+                    address=address,
+                    port=port,
+                    protocol="udp" if vs.protocol.value == "udp" else vs.protocol.value,
+                    check=check,
+                    request=real.request if real.request is not None else check.request,
+                    receive=real.receive if real.receive is not None else check.receive,
+                    timeout=timeout,
+                    virtual_address=vaddr,
+                    virtual_port=vport,
+                    real_port=rport,
+                    checks_dir=checks_dir,
+                )
+                key = (segment, real_segment(address, rport))
+                jobs[key] = Job(
+                    key=key,
+                    service_label=vs.label,
+                    real_label=f"[{address}]:{rport}" if ip.version == 6 else f"{address}:{rport}",
+                    target=target,
+                    plan=plan,
+                    interval=max(check.interval, 0.05),
+                    failure_count=check.failure_count,
+                    rise_count=check.rise_count,
+                    weight=real.weight,
+                    dynamic=check.dynamic_weight,
+                    labels=ipvs_labels(vs, address, port if vs.fwmark is None else rport),
+                )
+    return jobs
+
+
+# ---------------------------------------------------------------------------
+# verdicts
+
+
+@dataclass
+class RealState:
+    """What one checker knows of one real server."""
+
+    job: Job
+    state: str | None = None  # None until the first check
+    since: str = ""
+    detail: str = ""
+    latency_ms: float = 0.0
+    weight: int | None = None
+    successes: int = 0
+    failures: int = 0
+    checks: int = 0
+    connects: int = _NEVER  # ldirectord's num_connects for negotiate_every
+    _children: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def value(self) -> bytes:
+        data: dict[str, Any] = {
+            "state": self.state,
+            "since": self.since,
+            "detail": self.detail,
+            "latency_ms": self.latency_ms,
+        }
+        if self.job.dynamic and self.weight is not None:
+            data["weight"] = self.weight
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    def desired_weight(self) -> int:
+        if self.state != "up":
+            return 0
+        return self.weight if self.weight is not None else self.job.weight
+
+    def next_probe(self) -> tuple[str, float]:
+        """Which probe this check runs (negotiate_every: ldirectord's combined check)."""
+        plan = self.job.plan
+        if plan.every <= 1 or self.connects >= plan.every - 1:
+            return plan.probe, plan.timeout
+        return "connect", plan.connect_timeout
+
+    def observe(self, probe: str, result: Result) -> bool:
+        """Apply one result; True when the verdict changed (a write is due)."""
+        self.checks += 1
+        plan = self.job.plan
+        if plan.every > 1:
+            if probe == plan.probe and probe != "connect":
+                if result.ok:
+                    self.connects = 0
+            elif result.ok:
+                self.connects += 1
+            else:
+                self.connects = _NEVER
+        self.detail = result.detail
+        self.latency_ms = result.latency_ms
+        new_weight = result.weight if self.job.dynamic else None
+        if self.state is None:
+            return self._become("up" if result.ok else "down", new_weight)
+        if result.ok:
+            self.failures = 0
+            self.successes += 1
+            if self.state == "up":
+                return self._reweigh(new_weight)
+            if self.successes >= self.job.rise_count:
+                return self._become("up", new_weight)
+            return False
+        self.successes = 0
+        self.failures += 1
+        if self.state == "down" or self.failures < self.job.failure_count:
+            return False
+        return self._become("down", None)
+
+    def _become(self, state: str, weight: int | None) -> bool:
+        self.state = state
+        self.since = now_rfc3339()
+        self.weight = weight
+        self.successes = self.failures = 0
+        return True
+
+    def _reweigh(self, weight: int | None) -> bool:
+        if weight == self.weight:
+            return False
+        self.weight = weight
+        return True
+
+
+def _verdict_text(st: RealState) -> str:
+    if st.state == "up" and st.weight is not None:
+        return f"up (weight {st.weight})"
+    return st.state or "unknown"
+
+
+# ---------------------------------------------------------------------------
+# the checker
+
+
+class Checker:
+    """Checks every real of the spec and publishes verdicts under ``health/<name>/``.
+
+    ``spec_getter()`` gives the spec to start with (None: nothing to check yet);
+    :meth:`update` takes a new one live. ``lease_id_getter()`` gives the lease
+    the health keys are bound to (0: none yet; a new id republishes them all).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        keyspace: Keyspace,
+        name: str,
+        spec_getter: SpecGetter,
+        lease_id_getter: LeaseGetter,
+        *,
+        checks_dir: Path | None = None,
+        max_concurrency: int = 512,
+        jitter: float = JITTER,
+    ) -> None:
+        self.store = store
+        self.ks = keyspace
+        self.name = validate_name(name, "checker name")
+        self.spec_getter = spec_getter
+        self.lease_id_getter = lease_id_getter
+        self.checks_dir = checks_dir or default_checks_dir()
+        self.jitter = jitter
+        self.semaphore = asyncio.Semaphore(max_concurrency)
+        self.states: dict[RealKey, RealState] = {}
+        self._tasks: dict[RealKey, asyncio.Task[None]] = {}
+        self._pending: dict[RealKey, bytes | None] = {}
+        self._wake = asyncio.Event()
+        self._published_lease = 0
+        self._running = False
+        self.writes = 0  # health keys written or deleted, for tests and figures
+        self.slips: collections.deque[float] = collections.deque(maxlen=100_000)
+
+    # -- public
+
+    def key(self, rk: RealKey) -> str:
+        return self.ks.health(self.name, rk[0], rk[1])
+
+    def update(self, spec: ClusterSpec | None) -> None:
+        """Take a new spec live: new reals start, removed ones stop (their key is
+        deleted), changed checks restart keeping the real's verdict."""
+        jobs = jobs_from_spec(spec, self.checks_dir) if spec is not None else {}
+        for rk in list(self.states):
+            if rk not in jobs:
+                self._stop_task(rk)
+                gone = self.states.pop(rk)
+                _forget_metrics(gone)
+                if gone.state is not None:
+                    self._pending[rk] = None
+                else:
+                    self._pending.pop(rk, None)
+        for rk, job in jobs.items():
+            st = self.states.get(rk)
+            if st is None:
+                self.states[rk] = RealState(job)
+            elif st.job != job:
+                st.job = job
+                st.successes = st.failures = 0
+                st.connects = _NEVER
+                self._stop_task(rk)
+            if self._running and rk not in self._tasks:
+                self._start_task(rk)
+        self._wake.set()
+
+    def republish(self) -> None:
+        """Write every verdict again (e.g. after the agent re-created its lease)."""
+        self._published_lease = 0
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Check and publish until cancelled; cancelling stops every probe."""
+        self._running = True
+        try:
+            if not self.states:
+                self.update(self.spec_getter())
+            for rk in self.states:
+                if rk not in self._tasks:
+                    self._start_task(rk)
+            await self._publish_loop()
+        finally:
+            self._running = False
+            for rk in list(self._tasks):
+                self._stop_task(rk)
+
+    def slip_percentiles(self) -> dict[str, float]:
+        """Schedule slip (seconds late at probe start) over the recent checks."""
+        data = sorted(self.slips)
+        if not data:
+            return {}
+
+        def pick(q: float) -> float:
+            return data[min(len(data) - 1, math.ceil(q * len(data)) - 1)]
+
+        return {"p50": pick(0.5), "p99": pick(0.99), "max": data[-1], "n": float(len(data))}
+
+    # -- probing
+
+    def _start_task(self, rk: RealKey) -> None:
+        self._tasks[rk] = asyncio.get_running_loop().create_task(
+            self._real_loop(rk), name=f"check {rk[0]}/{rk[1]}"
+        )
+
+    def _stop_task(self, rk: RealKey) -> None:
+        task = self._tasks.pop(rk, None)
+        if task is not None:
+            task.cancel()
+
+    async def _real_loop(self, rk: RealKey) -> None:
+        loop = asyncio.get_running_loop()
+        st = self.states[rk]
+        interval = st.job.interval
+        due = loop.time() + random.uniform(0, min(interval, FIRST_SPREAD))
+        while True:
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            async with self.semaphore:
+                started = loop.time()
+                slip = max(0.0, started - due)
+                self.slips.append(slip)
+                metrics.check_slip.observe(slip)
+                try:
+                    await self._check_once(st)
+                except Exception:
+                    log.exception("check of %s failed unexpectedly", st.job.real_label)
+            interval = st.job.interval
+            step = interval * (1 + random.uniform(-self.jitter, self.jitter))
+            due += step
+            now = loop.time()
+            if due < now:  # overran: skip the missed slots, keep the phase
+                due += math.ceil((now - due) / interval) * interval
+
+    async def _check_once(self, st: RealState) -> None:
+        job = st.job
+        probe, timeout = st.next_probe()
+        target = job.target if timeout == job.target.timeout else _with_timeout(job, timeout)
+        if target.port == 0 and probe not in PORTLESS_PROBES:
+            result = Result(False, "no port to probe: set check.port for this fwmark service")
+        else:
+            result = await probes.run(probe, target)
+        _record_metrics(st, probe, result)
+        if st.observe(probe, result):
+            log.info(
+                "%s of %s is %s: %s",
+                job.real_label,
+                job.service_label,
+                _verdict_text(st),
+                result.detail,
+            )
+            self._pending[job.key] = st.value()
+            self._wake.set()
+        _set_state_metrics(st)
+
+    # -- publishing
+
+    async def _publish_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
+            self._wake.clear()
+            lease = self.lease_id_getter()
+            if not lease:
+                continue
+            if lease != self._published_lease:
+                for rk, st in self.states.items():
+                    if st.state is not None and rk not in self._pending:
+                        self._pending[rk] = st.value()
+                self._published_lease = lease
+                log.info("publishing %d verdicts under lease %x", len(self._pending), lease)
+            while self._pending:
+                batch = list(self._pending.items())[:TXN_OPS]
+                for rk, _ in batch:
+                    del self._pending[rk]
+                ops = [
+                    Op.put(self.key(rk), v, lease=lease)
+                    if v is not None
+                    else Op.delete(self.key(rk))
+                    for rk, v in batch
+                ]
+                try:
+                    await self.store.txn([], ops)
+                except EtcdError as e:
+                    for rk, v in batch:
+                        self._pending.setdefault(rk, v)
+                    if isinstance(e, EtcdLeaseNotFound):
+                        log.warning("lease %x is gone; verdicts wait for a new one", lease)
+                        self._published_lease = 0
+                    else:
+                        log.warning("cannot publish verdicts yet: %s", e)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    break
+                backoff = 0.1
+                self.writes += len(ops)
+                metrics.health_writes.inc(len(ops))
+
+
+def _with_timeout(job: Job, timeout: float) -> Target:
+    from dataclasses import replace
+
+    return replace(job.target, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------
+# metrics (children cached per real: label lookups cost more than the updates)
+
+
+def _children(st: RealState) -> dict[str, Any]:
+    if not st._children:
+        labels = dict(st.job.labels)
+        st._children = {
+            "ok": metrics.checks.labels(**labels, result="up"),
+            "fail": metrics.checks.labels(**labels, result="down"),
+            "up": metrics.real_up.labels(**labels),
+            "weight": metrics.real_weight.labels(**labels),
+        }
+    return st._children
+
+
+def _record_metrics(st: RealState, probe: str, result: Result) -> None:
+    c = _children(st)
+    c["ok" if result.ok else "fail"].inc()
+    metrics.check_duration.labels(probe=probe).observe(result.latency_ms / 1000.0)
+
+
+def _set_state_metrics(st: RealState) -> None:
+    c = _children(st)
+    c["up"].set(1 if st.state == "up" else 0)
+    c["weight"].set(st.desired_weight())
+
+
+def _forget_metrics(st: RealState) -> None:
+    labels = dict(st.job.labels)
+    for family, extra in (
+        (metrics.checks, {"result": "up"}),
+        (metrics.checks, {"result": "down"}),
+        (metrics.real_up, {}),
+        (metrics.real_weight, {}),
+    ):
+        with contextlib.suppress(KeyError):
+            family.remove(*{**labels, **extra}.values())
+
+
+# ---------------------------------------------------------------------------
+# the checker-only worker
+
+
+class _LeaseHolder:
+    """The standalone checker's own lease: granted, kept alive, re-granted when lost."""
+
+    def __init__(self, store: Store, ttl: int) -> None:
+        self.store = store
+        self.ttl = max(2, ttl)
+        self.lease_id = 0
+
+    async def run(self) -> None:
+        while True:
+            if not self.lease_id:
+                try:
+                    self.lease_id = (await self.store.grant(self.ttl)).id
+                    log.info("checker lease %x granted (TTL %ds)", self.lease_id, self.ttl)
+                except EtcdError as e:
+                    log.warning("cannot take a lease yet: %s", e)
+                    await asyncio.sleep(1.0)
+                    continue
+            await asyncio.sleep(self.ttl / 3)
+            try:
+                answer = await self.store.keepalive_once(self.lease_id, timeout=self.ttl / 3)
+            except EtcdError as e:
+                log.warning("lease keepalive failed: %s", e)
+                continue
+            if answer.ttl <= 0:
+                log.warning("checker lease %x expired; taking a new one", self.lease_id)
+                self.lease_id = 0
+
+    async def revoke(self) -> None:
+        if self.lease_id:
+            with contextlib.suppress(EtcdError):
+                await self.store.revoke(self.lease_id)
+            self.lease_id = 0
+
+
+async def run_standalone(
+    settings: EtcdSettings,
+    keyspace: Keyspace,
+    name: str,
+    *,
+    checks_dir: Path | None = None,
+    listen: tuple[str, int] | None = None,
+    ready: Callable[[Checker], None] | None = None,
+) -> None:
+    """``etcdha checker start``: check the reals of the stored config until cancelled.
+
+    The lease TTL is the spec's election.lease_ttl; the lease is revoked on the
+    way out, so this checker's verdicts disappear with it.
+    """
+    validate_name(name, "checker name")
+    async with await Store.connect(settings) as store:
+        spec: ClusterSpec | None = None
+        config_rev = 0
+        said = False
+        while spec is None:
+            kv = await store.get(keyspace.config())
+            if kv is not None:
+                stored = parse_stored(kv, keyspace)
+                spec, config_rev = stored.spec, kv.mod_revision
+                if stored.problem is not None:
+                    log.error("the stored config is invalid: %s", stored.problem)
+            if spec is None:
+                if not said:
+                    log.info("waiting for a config at %s", keyspace.config())
+                    said = True
+                await asyncio.sleep(1.0)
+        holder = _LeaseHolder(store, math.ceil(spec.election.lease_ttl))
+        current = spec
+        checker = Checker(
+            store,
+            keyspace,
+            name,
+            lambda: current,
+            lambda: holder.lease_id,
+            checks_dir=checks_dir,
+        )
+        http: HTTPServer | None = None
+        if listen is not None:
+            http = HTTPServer(
+                listen[0],
+                listen[1],
+                lambda: (True, "ok"),
+                lambda: (bool(holder.lease_id), "ok" if holder.lease_id else "no lease"),
+            )
+            await http.start()
+
+        async def follow_config() -> None:
+            nonlocal current
+            revision = config_rev
+            while True:
+                try:
+                    async for batch in store.watch_prefix(keyspace.config(), revision + 1):
+                        revision = batch.revision
+                        for event in batch.events:
+                            if event.kv.key != keyspace.config() or not event.kv.value:
+                                continue
+                            stored = parse_stored(event.kv, keyspace)
+                            if stored.spec is None:
+                                log.error("ignoring an invalid config: %s", stored.problem)
+                                continue
+                            current = stored.spec
+                            log.info("config revision %d is in force", event.kv.mod_revision)
+                            checker.update(current)
+                except WatchCompacted:
+                    kvs, revision = await store.get_prefix(keyspace.config())
+                    for kv in kvs:
+                        stored = parse_stored(kv, keyspace)
+                        if kv.key == keyspace.config() and stored.spec is not None:
+                            current = stored.spec
+                            checker.update(current)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(holder.run(), name="lease")
+                tg.create_task(follow_config(), name="config")
+                tg.create_task(checker.run(), name="checker")
+                if ready is not None:
+                    ready(checker)
+        finally:
+            if http is not None:
+                await http.close()
+            await asyncio.shield(holder.revoke())
