@@ -613,7 +613,8 @@ def test_tls_without_client_certificate_names_the_cause(etcd_tls: EtcdServer) ->
         assert_clean(run)
         assert run.out == ""
         assert run.seconds < 10, run
-        assert run.err.startswith(f"etcd at {run.err.split()[2]} refused the connection: ")
+        used = run.args[run.args.index("--endpoints") + 1]
+        assert run.err.startswith(f"etcd at {used} refused the connection: "), run
     assert no_cert.err == (
         f"etcd at {endpoint} refused the connection: TLS handshake refused: etcd requires a "
         "client certificate; give --cert and --key (or ETCDHA_CERT and ETCDHA_KEY)\n"
