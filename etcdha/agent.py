@@ -482,13 +482,12 @@ class Agent:
     async def _audit_loop(self) -> None:
         while True:
             await asyncio.sleep(self._spec().election.audit_interval)
-            for runner in self.runners.values():
+            for runner in list(self.runners.values()):
                 if runner.active and self.keeper.alive():
-                    for r in runner.resources:
-                        try:
-                            await r.audit()
-                        except resources.ResourceError as e:
-                            log.error("group %s: %s", runner.name, e)
+                    try:
+                        await runner.audit()
+                    except resources.ResourceError as e:
+                        log.error("group %s: %s", runner.name, e)
 
     async def _reconcile_loop(self) -> None:
         while True:
@@ -527,6 +526,9 @@ class Agent:
                 and leader.node == self.node
                 and (leader.lease == self.keeper.lease_id)
             )
+            if mine and leader is not None and leader.term <= runner.released_term:
+                await runner.finish_release(leader.term)
+                continue
             if leader is not None and leader.node == self.node and not mine:
                 # A leader key from an earlier lease of ours; it goes with that lease.
                 if runner.active or runner.term:
@@ -536,8 +538,7 @@ class Agent:
             if d.retry_in is not None:
                 self._schedule(d.retry_in)
             if d.action is Action.hold and leader is not None:
-                runner.adopt(leader.term)
-                if self.keeper.alive():
+                if runner.adopt(leader.term) and self.keeper.alive():
                     await self._activate(runner, group.name)
             elif d.action is Action.handover:
                 member = json.dumps(self._member_data()).encode()
@@ -545,6 +546,8 @@ class Agent:
                     d.reason,
                     [Op.put(self.ks.member(self.node), member, lease=self.keeper.lease_id)],
                 )
+                # Our view still shows us leading until the watch catches up.
+                self.view.set_leader(group.name, None, now)
             elif d.action is Action.campaign and self.failsafe and not self.failsafe.may_campaign():
                 log.info("group %s: not campaigning, bound by a failsafe promise", group.name)
                 self._schedule(max(0.1, self.failsafe.promised_until - now))

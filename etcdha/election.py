@@ -173,6 +173,7 @@ class GroupRunner:
         self.resources: list[Resource] = []
         self._keys: list[object] = []  # what each resource was built from
         self.term: Term | None = None  # set while we hold the leader key
+        self.released_term = 0  # the last term we handed over (deleted the key of)
         self.active = False  # resources started
         self._lock = asyncio.Lock()
 
@@ -243,13 +244,16 @@ class GroupRunner:
             )
         return result.succeeded
 
-    def adopt(self, term: int) -> None:
-        """A leader key of ours already exists (planned restart): carry on with it."""
+    def adopt(self, term: int) -> bool:
+        """A leader key of ours exists (a planned restart, or our deadline passed while
+        the lease lived on): carry on with it. Never a term we have handed over
+        ourselves: a view that still shows it is only behind."""
+        if term <= self.released_term:
+            return False
         if self.term is None or self.term.revision != term:
             self.term = Term(term, now_rfc3339())
-            log.info(
-                "%s resumes leadership of %s (term %d) after a restart", self.node, self.name, term
-            )
+            log.info("%s carries on leading %s (term %d)", self.node, self.name, term)
+        return True
 
     async def activate(self, deadline: float) -> None:
         """Arm the guard, then start resources in order."""
@@ -275,6 +279,22 @@ class GroupRunner:
             metrics.addresses_assigned.labels(self.name).set(len(self.held()))
             metrics.transitions.labels(self.name, "acquired").inc()
             self.notify(self.name, "leader", f"{self.node} holds {self.name}")
+
+    async def audit(self) -> None:
+        """Repair drift while we lead. Address audits run under the lock, so a
+        handover or a fence never races an address being added back; slower
+        audits (scripts) run outside it and stop as soon as we no longer lead."""
+        async with self._lock:
+            if not self.active:
+                return
+            for r in self.resources:
+                if r.fence_addresses():
+                    await r.audit()
+        for r in list(self.resources):
+            if not self.active:
+                return
+            if not r.fence_addresses():
+                await r.audit()
 
     def _set_state(self, state: str) -> None:
         for name in ("leader", "follower", "fenced"):
@@ -331,6 +351,7 @@ class GroupRunner:
         self.term = None
         if term is None:
             return
+        self.released_term = max(self.released_term, term.revision)
         ops = [
             Op.delete(self.key),
             event_op(
@@ -344,18 +365,23 @@ class GroupRunner:
             ),
             *(extra_ops or []),
         ]
+        await self._delete_key(term.revision, ops)
+        log.info("%s handed %s over: %s", self.node, self.name, reason)
+
+    async def _delete_key(self, term: int, ops: list[Op]) -> None:
         start = time.monotonic()
         try:
-            await self.store.txn([Compare.create_revision(self.key, "==", term.revision)], ops)
+            await self.store.txn([Compare.create_revision(self.key, "==", term)], ops)
             metrics.etcd_requests.labels("handover", "ok").observe(time.monotonic() - start)
         except EtcdError as e:
             metrics.etcd_requests.labels("handover", "error").observe(time.monotonic() - start)
             log.warning(
-                "group %s: could not delete the leader key (%s); it will expire with the lease",
-                self.name,
-                e,
+                "group %s: could not delete the leader key (%s); trying again", self.name, e
             )
-        log.info("%s handed %s over: %s", self.node, self.name, reason)
+
+    async def finish_release(self, term: int) -> None:
+        """The key of a term we handed over is still there (the delete failed): retry."""
+        await self._delete_key(term, [Op.delete(self.key)])
 
     async def fenced(self, reason: str) -> None:
         self.term = None

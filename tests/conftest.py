@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from etcdha.keyspace import Keyspace
+from etcdha.lab.directors import DirectorLab
 from etcdha.lab.etcd_process import (
     DEFAULT_ETCD,
     EtcdCluster,
@@ -181,3 +182,17 @@ async def store(etcd: EtcdServer) -> AsyncIterator[Store]:
     """A Store connected to ``etcd``."""
     async with Store(etcd.settings()) as connected:
         yield connected
+
+
+@pytest.fixture
+def lab() -> Iterator[DirectorLab]:
+    """Two directors in the seed topology, one etcd member on the control link."""
+    with DirectorLab(nodes=2) as lab:
+        yield lab
+
+
+@pytest.fixture
+def lab3() -> Iterator[DirectorLab]:
+    """Two directors, a three-member etcd cluster."""
+    with DirectorLab(nodes=2, etcd_members=3) as lab:
+        yield lab

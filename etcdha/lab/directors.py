@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -303,6 +304,8 @@ class DirectorLab:
         if hasattr(self, "seed"):
             # Also ends the fence guards, which outlive their agents by design.
             self.seed.close()
+        if not os.environ.get("ETCDHA_KEEP_LAB"):
+            shutil.rmtree(self.work, ignore_errors=True)
 
     def __enter__(self) -> DirectorLab:
         return self
@@ -330,6 +333,7 @@ class AddressSampler:
         self.ip = ip
         self.interval = interval
         self.changes: list[tuple[float, tuple[str, ...]]] = []
+        self.wall: list[float] = []  # wall-clock time of each change, to match logs
         self.samples = 0
         self.max_gap = 0.0  # longest time between two samples
         self._stop = threading.Event()
@@ -354,6 +358,7 @@ class AddressSampler:
                 previous = now
                 if holders != last:
                     self.changes.append((now, holders))
+                    self.wall.append(time.time())
                     last = holders
                 self._stop.wait(self.interval)
         finally:
@@ -376,9 +381,13 @@ class AddressSampler:
     ) -> None:
         self.stop()
 
-    def overlaps(self) -> list[tuple[float, tuple[str, ...]]]:
-        """Every sample that saw more than one holder."""
-        return [(t, h) for t, h in self.changes if len(h) > 1]
+    def overlaps(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Every sample that saw more than one holder (wall-clock time, holders)."""
+        return [
+            (time.strftime("%H:%M:%S", time.localtime(w)) + f".{int(w * 1000) % 1000:03d}", h)
+            for (_, h), w in zip(self.changes, self.wall, strict=True)
+            if len(h) > 1
+        ]
 
     def first_time(self, node: str, after: float = 0.0) -> float | None:
         return next((t for t, h in self.changes if t >= after and node in h), None)
