@@ -54,20 +54,33 @@ class _Datagrams(asyncio.DatagramProtocol):
 class Datagram:
     """A connected UDP endpoint: ICMP errors (port unreachable) arrive as exceptions."""
 
-    def __init__(self, transport: asyncio.DatagramTransport, protocol: _Datagrams) -> None:
+    def __init__(
+        self, sock: socket.socket, transport: asyncio.DatagramTransport, protocol: _Datagrams
+    ) -> None:
+        self.sock = sock
         self.transport = transport
         self.protocol = protocol
 
     @classmethod
     async def open(cls, target: Target) -> Datagram:
         loop = asyncio.get_running_loop()
-        transport, protocol = await loop.create_datagram_endpoint(
-            _Datagrams, remote_addr=(target.address, target.port), family=family_of(target)
-        )
-        return cls(transport, protocol)
+        sock = socket.socket(family_of(target), socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.connect((target.address, target.port))
+            transport, protocol = await loop.create_datagram_endpoint(_Datagrams, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock, transport, protocol)
 
     def send(self, data: bytes) -> None:
-        self.transport.sendto(data)
+        if data:
+            self.transport.sendto(data)
+        else:
+            # asyncio's transport drops empty datagrams; an empty probe is legitimate.
+            with contextlib.suppress(BlockingIOError):
+                self.sock.send(b"")
 
     async def receive(self) -> bytes:
         item = await self.protocol.queue.get()

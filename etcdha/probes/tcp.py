@@ -2,7 +2,8 @@
 
 The request is sent as is (write ``\\n`` in YAML for a newline), then the
 sending side is shut down, as ldirectord does. Up when the regular expression
-``receive`` is found in what the server answers (read until it closes, at most
+``receive`` (``^`` and ``$`` match at each line, as ldirectord's line by line
+match) is found in what the server answers (read until it closes, at most
 64 KiB); with no ``receive``, any answer of at least one byte passes. On a UDP
 service the request is one datagram and the answer is the first datagram back.
 """
@@ -19,7 +20,7 @@ from etcdha.probes._net import Datagram, close_stream, open_stream
 
 @cache
 def _pattern(text: str) -> re.Pattern[str]:
-    return re.compile(text)
+    return re.compile(text, re.MULTILINE)  # ldirectord matches line by line
 
 
 def _matches(target: Target, data: bytes) -> bool:
