@@ -12,7 +12,6 @@ from typing import Annotated
 import typer
 
 from etcdha import procs
-from etcdha.agent import Agent, AgentOptions, AlreadyRunning
 from etcdha.cli.common import EXIT_CODES_HELP, Conn, Exit, err, fail, run_async, with_conn
 from etcdha.failsafe import TLSFiles
 from etcdha.store import EtcdUnavailable
@@ -84,6 +83,9 @@ def start(
     upgrade; an agent started again on this host within the lease TTL reclaims
     the lease and its groups, so the VIP does not move.
     """
+    # The agent pulls in netlink and more; other commands need not pay for it.
+    from etcdha.agent import Agent, AgentOptions, AlreadyRunning
+
     name = node or socket.gethostname()
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
