@@ -264,6 +264,9 @@ class GroupRunner:
             started: list[Resource] = []
             try:
                 for r in self.resources:
+                    if time.monotonic() >= deadline:
+                        # The guard may have fired already: adding more would outlive it.
+                        raise ResourceError("the lease deadline passed while starting")
                     await r.start()
                     started.append(r)
                     # Addresses become known as they are placed; the guard must know them.
