@@ -12,7 +12,8 @@ standard output (else standard error) becomes the result's detail.
 
 The rest of the check reaches it in the environment, never on the command line
 (where `ps` would show a password): ETCDHA_CHECK_SERVICE, _REQUEST, _RECEIVE,
-_LOGIN, _PASSWORD, _DATABASE, _SECRET, _TIMEOUT (seconds), _VIRTUALHOST.
+_LOGIN, _PASSWORD, _DATABASE, _SECRET, _TIMEOUT (seconds), _VIRTUALHOST and
+_PORT (the port to probe: check.port, else the real's, else the service's).
 
 It runs without the agent's network powers: CAP_NET_ADMIN and CAP_NET_RAW are
 taken out of its bounding set and every capability out of its inheritable and
@@ -62,7 +63,12 @@ def drop_caps_prefix() -> tuple[str, ...]:
 
 def environment(target: Target) -> dict[str, str]:
     check = target.check
-    env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "ETCDHA_CHECK_TIMEOUT": f"{target.timeout:g}"}
+    env = {
+        "PATH": SAFE_PATH,
+        "LANG": "C.UTF-8",
+        "ETCDHA_CHECK_TIMEOUT": f"{target.timeout:g}",
+        "ETCDHA_CHECK_PORT": str(target.port),
+    }
     for name, value in (
         ("SERVICE", check.service),
         ("REQUEST", target.request),
