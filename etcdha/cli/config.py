@@ -103,8 +103,12 @@ def import_(
         typer.echo(text, nl=False)
     else:
         tmp = output.with_name(f".{output.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(output)
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(output)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            fail(f"cannot write {output}: {e.strerror}")
         err(f"wrote {output} ({describe(result.spec)})")
 
 
