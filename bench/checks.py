@@ -1,0 +1,191 @@
+"""How many real servers one checker sustains, and how fast a failure reaches etcd.
+
+Part 1: HTTP negotiate checks (a new connection per check) at a 1 s interval
+against N local servers (one listener per real on 127.0.0.1, served by a
+separate process so that its CPU is not the checker's). For each N it prints
+the checks per second done, the checker's CPU (share of one core), its RSS
+and the schedule slip (p50 / p99 / max). Nothing is published (no lease).
+
+Part 2: 100 reals at a 1 s interval, publishing to a local etcd member; one
+real is made to fail (HTTP 503) and come back ROUNDS times; prints the time
+from the change on the server to the verdict's watch event in etcd.
+
+    .venv/bin/python bench/checks.py [N ...]      (default: 1000 2000 5000 10000)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from etcdha.checker import Checker, freeze_gc
+from etcdha.keyspace import Keyspace
+from etcdha.lab.etcd_process import EtcdProcess
+from etcdha.lab.realservers import HTTPBehaviour, start_http
+from etcdha.spec import ClusterSpec
+from etcdha.store import EtcdSettings, Store
+
+DURATION = 20.0
+WARMUP = 3.0
+ROUNDS = 10
+
+SERVER = """
+import asyncio, resource, sys
+from etcdha.lab.realservers import start_http
+resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+async def main():
+    srv = await start_http(ports=[0] * int(sys.argv[1]))
+    print(" ".join(map(str, srv.ports)), flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def spec_for(ports: list[int], interval: str = "1s") -> ClusterSpec:
+    return ClusterSpec.model_validate(
+        {
+            "nodes": ["bench"],
+            "virtual_services": [
+                {
+                    "address": "192.0.2.200:80",
+                    "check": {"interval": interval, "timeout": "1s", "receive": "ok"},
+                    "reals": [{"address": f"127.0.0.1:{p}"} for p in ports],
+                }
+            ],
+        }
+    )
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    if pid is None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def throughput(n: int) -> dict[str, float]:
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SERVER, str(n), stdout=subprocess.PIPE
+    )
+    try:
+        assert server.stdout is not None
+        line = await server.stdout.readline()
+        ports = [int(p) for p in line.split()]
+        spec = spec_for(ports)
+        checker = Checker(Store(EtcdSettings()), Keyspace(), "bench", lambda: spec, lambda: 0)
+        checker.update(spec)
+        freeze_gc()
+        task = asyncio.create_task(checker.run())
+        try:
+            await asyncio.sleep(WARMUP)
+            checker.slips.clear()
+            checks0 = sum(st.checks for st in checker.states.values())
+            cpu0, scpu0, t0 = cpu_seconds(), cpu_seconds(server.pid), time.monotonic()
+            await asyncio.sleep(DURATION)
+            elapsed = time.monotonic() - t0
+            cpu, scpu = cpu_seconds() - cpu0, cpu_seconds(server.pid) - scpu0
+            checks = sum(st.checks for st in checker.states.values()) - checks0
+            slips = checker.slip_percentiles()
+            up = sum(1 for st in checker.states.values() if st.state == "up")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return {
+            "reals": n,
+            "checks_per_s": checks / elapsed,
+            "cpu_core": cpu / elapsed,
+            "server_cpu_core": scpu / elapsed,
+            "rss_mib": rss_mib(),
+            "slip_p50_ms": slips["p50"] * 1000,
+            "slip_p99_ms": slips["p99"] * 1000,
+            "slip_max_ms": slips["max"] * 1000,
+            "up": up,
+        }
+    finally:
+        server.kill()
+        await server.wait()
+
+
+async def time_to_etcd() -> list[float]:
+    etcd = EtcdProcess("bench", progress_notify_interval="1s")
+    etcd.start()
+    many = await start_http(ports=[0] * 99)
+    one = await start_http(behaviour=HTTPBehaviour())
+    try:
+        async with Store(EtcdSettings(endpoints=etcd.endpoints)) as store:
+            ks = Keyspace("/etcdha", "bench")
+            lease = (await store.grant(60)).id
+            spec = spec_for([*many.ports, *one.ports])
+            checker = Checker(store, ks, "bench", lambda: spec, lambda: lease)
+            key = checker.key(("tcp-192.0.2.200-80", f"127.0.0.1-{one.ports[0]}"))
+            task = asyncio.create_task(checker.run())
+            times: list[float] = []
+            try:
+                _, rev = await store.get_prefix(ks.root)
+                watch = store.watch_prefix(key, rev + 1)
+                first = await anext(watch)  # the first verdict (up)
+                assert json.loads(first.events[-1].kv.value)["state"] == "up"
+                for i in range(ROUNDS):
+                    await asyncio.sleep(0.3)
+                    want = "down" if i % 2 == 0 else "up"
+                    changed = time.monotonic()
+                    one.behaviour.status = 503 if want == "down" else 200
+                    batch = await anext(watch)
+                    times.append(time.monotonic() - changed)
+                    assert json.loads(batch.events[-1].kv.value)["state"] == want
+                await watch.aclose()
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await store.revoke(lease)
+        return times
+    finally:
+        await many.close()
+        await one.close()
+        etcd.close()
+
+
+async def main(sizes: list[int]) -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    print(f"HTTP negotiate, new connection per check, 1 s interval, {DURATION:g} s per size")
+    print(
+        f"{'reals':>6} {'checks/s':>9} {'cpu':>6} {'srv cpu':>8} {'rss MiB':>8} "
+        f"{'slip p50':>9} {'p99':>8} {'max':>8} {'up':>6}"
+    )
+    for n in sizes:
+        r = await throughput(n)
+        print(
+            f"{n:>6} {r['checks_per_s']:>9.0f} {r['cpu_core']:>6.2f} {r['server_cpu_core']:>8.2f} "
+            f"{r['rss_mib']:>8.0f} {r['slip_p50_ms']:>7.1f}ms {r['slip_p99_ms']:>6.1f}ms "
+            f"{r['slip_max_ms']:>6.0f}ms {r['up']:>6.0f}",
+            flush=True,
+        )
+    times = await time_to_etcd()
+    print(
+        f"\nfailure/recovery on a real -> verdict's watch event in etcd ({len(times)} rounds, "
+        f"1 s interval): mean {statistics.mean(times) * 1000:.0f} ms, "
+        f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main([int(a) for a in sys.argv[1:]] or [1000, 2000, 5000, 10000]))
