@@ -19,7 +19,8 @@ from etcdha.store import EventType, KeyValue, WatchEvent
 log = logging.getLogger(__name__)
 
 
-def _json(kv: KeyValue) -> dict[str, Any] | None:
+def json_object(kv: KeyValue) -> dict[str, Any] | None:
+    """A value as the JSON object etcdha writes, or None for anything else."""
     try:
         data = json.loads(kv.value)
     except (ValueError, UnicodeDecodeError):
@@ -79,7 +80,7 @@ class ViewSync:
         if kind is KeyKind.CONFIG:
             self._config(kv)
         elif kind is KeyKind.MEMBER:
-            data = _json(kv)
+            data = json_object(kv)
             if data is None or not isinstance(data.get("eligible"), bool):
                 self._complain(kv.key, "member value is not the JSON an agent writes")
                 return
@@ -90,17 +91,17 @@ class ViewSync:
                 self.now(),
             )
         elif kind is KeyKind.LEADER:
-            data = _json(kv)
+            data = json_object(kv)
             node = data.get("node") if data else None
             if not isinstance(node, str):
                 self._complain(kv.key, "leader value has no node")
                 return
             self.view.set_leader(name, Leader(node, kv.lease, kv.create_revision), self.now())
         elif kind is KeyKind.STANDBY:
-            data = _json(kv) or {}
+            data = json_object(kv) or {}
             self.view.standby[name] = str(data.get("reason") or "standby")
         elif kind is KeyKind.TAKEOVER:
-            data = _json(kv) or {}
+            data = json_object(kv) or {}
             target = data.get("target")
             if not isinstance(target, str):
                 self._complain(kv.key, "takeover value has no target node")

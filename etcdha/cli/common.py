@@ -223,81 +223,42 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
 
 # Connection flags, named as etcdctl names them, each with an ETCDHA_* variable.
+def _conn_param(name: str, kind: object, default: object, text: str) -> inspect.Parameter:
+    """One etcd connection flag, named as etcdctl names it, with its ETCDHA_* variable."""
+    option = typer.Option(
+        envvar=f"ETCDHA_{name.upper()}", help=text, rich_help_panel="etcd connection"
+    )
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, option]
+    )
+
+
 _CONN_PARAMS: list[inspect.Parameter] = [
-    inspect.Parameter(
+    _conn_param(
         "endpoints",
-        inspect.Parameter.KEYWORD_ONLY,
-        default="http://127.0.0.1:2379",
-        annotation=Annotated[
-            str,
-            typer.Option(
-                envvar="ETCDHA_ENDPOINTS",
-                help="etcd endpoints, comma-separated URLs (http://host:2379,https://...).",
-                rich_help_panel="etcd connection",
-            ),
-        ],
+        str,
+        "http://127.0.0.1:2379",
+        "etcd endpoints, comma-separated URLs (http://host:2379,https://...).",
     ),
-    *(
-        inspect.Parameter(
-            name,
-            inspect.Parameter.KEYWORD_ONLY,
-            default=None,
-            annotation=Annotated[
-                Path | None,
-                typer.Option(
-                    envvar=f"ETCDHA_{name.upper().replace('-', '_')}",
-                    help=text,
-                    rich_help_panel="etcd connection",
-                ),
-            ],
-        )
-        for name, text in (
-            ("cacert", "CA bundle that signed the etcd servers' certificates (enables TLS)."),
-            ("cert", "Client certificate for TLS client authentication."),
-            ("key", "Private key of the client certificate."),
-            ("password_file", "File holding the etcd password for --user (first line)."),
-        )
+    _conn_param(
+        "cacert",
+        Path | None,
+        None,
+        "CA bundle that signed the etcd servers' certificates (enables TLS).",
     ),
-    inspect.Parameter(
-        "user",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
-            str | None,
-            typer.Option(
-                envvar="ETCDHA_USER",
-                help="etcd user name (with --password-file).",
-                rich_help_panel="etcd connection",
-            ),
-        ],
+    _conn_param("cert", Path | None, None, "Client certificate for TLS client authentication."),
+    _conn_param("key", Path | None, None, "Private key of the client certificate."),
+    _conn_param(
+        "password_file",
+        Path | None,
+        None,
+        "File holding the etcd password for --user (first line).",
     ),
-    inspect.Parameter(
-        "cluster",
-        inspect.Parameter.KEYWORD_ONLY,
-        default="default",
-        annotation=Annotated[
-            str,
-            typer.Option(
-                envvar="ETCDHA_CLUSTER",
-                help="Cluster name: keys live under <prefix>/<cluster>/.",
-                rich_help_panel="etcd connection",
-            ),
-        ],
-    ),
-    inspect.Parameter(
-        "prefix",
-        inspect.Parameter.KEYWORD_ONLY,
-        default="/etcdha",
-        annotation=Annotated[
-            str,
-            typer.Option(
-                envvar="ETCDHA_PREFIX",
-                help="Key prefix shared by all etcdha clusters in this etcd.",
-                rich_help_panel="etcd connection",
-            ),
-        ],
-    ),
+    _conn_param("user", str | None, None, "etcd user name (with --password-file)."),
+    _conn_param("cluster", str, "default", "Cluster name: keys live under <prefix>/<cluster>/."),
+    _conn_param("prefix", str, "/etcdha", "Key prefix shared by all etcdha clusters in this etcd."),
 ]
+
 _CONN_NAMES = {p.name for p in _CONN_PARAMS}
 
 

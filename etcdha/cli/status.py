@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
@@ -11,14 +10,7 @@ from etcdha.cli.common import Conn, err, out_json, with_conn
 from etcdha.configdb import describe, parse_stored
 from etcdha.keyspace import KeyKind
 from etcdha.store import KeyValue, Store
-
-
-def _json(kv: KeyValue) -> dict[str, Any] | None:
-    try:
-        data = json.loads(kv.value)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+from etcdha.view_sync import json_object
 
 
 def collect(kvs: list[KeyValue], conn: Conn, revision: int) -> dict[str, Any]:
@@ -43,7 +35,7 @@ def collect(kvs: list[KeyValue], conn: Conn, revision: int) -> dict[str, Any]:
         if parsed is None:
             report["unknown_keys"].append(kv.key)
             continue
-        data = _json(kv)
+        data = json_object(kv)
         if parsed.kind is KeyKind.CONFIG:
             stored = parse_stored(kv, ks)
             spec = stored.spec
