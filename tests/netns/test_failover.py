@@ -3,6 +3,11 @@
 Each test starts etcd on the control link and `etcdha agent start` in each
 director's namespace, then injects a fault (kill -9, SIGSTOP, a cut link, a
 standby...) while a sampler reads every director's addresses every 10 ms.
+
+What these tests cannot cover, and etcdha does not guard: a freeze of the whole
+machine (hypervisor pause, kernel hang). The fence guard is frozen with the
+agent then, and the kernel keeps the addresses until the machine runs again.
+Killing or stopping the agent alone (kill -9, SIGSTOP, OOM) is covered.
 """
 
 from __future__ import annotations
