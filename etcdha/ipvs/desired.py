@@ -1,0 +1,181 @@
+"""The table a group should have: config + health verdicts + drains.
+
+Inputs are kept plain so that any health aggregation can feed them:
+
+- ``verdicts``: (service segment, real segment) -> True (up) / False (down),
+  segments as the keyspace writes them (``tcp-192.0.2.200-80``,
+  ``198.51.100.12-80``; a real's port as configured, 0 meaning the service's).
+  A real with no verdict is up: a real is taken out only once a checker says it
+  is down (ldirectord also starts with every real in the table).
+- ``drains``: the (service segment, real segment) pairs under admin/drain/.
+
+Rules, per virtual service of the group:
+
+- an up real gets its configured weight;
+- a down real gets weight 0 when the service is ``quiescent`` (its established
+  connections go on), else it is left out;
+- a drained real gets weight 0 (left out if it is also down and not quiescent);
+- when no real is serving (up and not drained), the fallback server is added,
+  and it goes again as soon as one is;
+- ldirectord's address ranges (a->b:port) stand for each of their addresses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+from etcdha.ipvs.model import (
+    F_ONEPACKET,
+    F_PERSISTENT,
+    Dest,
+    Fwd,
+    Service,
+    ServiceKey,
+    Table,
+    canonical,
+    netmask_prefix,
+    sched_flags_from_names,
+)
+from etcdha.keyspace import real_segment
+from etcdha.spec import ClusterSpec, VirtualService
+from etcdha.spec_types import expand_real, split_host_port
+
+Verdicts = Mapping[tuple[str, str], bool]
+Drains = Collection[tuple[str, str]]
+
+
+def service_key(vs: VirtualService) -> ServiceKey:
+    if vs.fwmark is not None:
+        return ServiceKey.of_fwmark(vs.fwmark, vs.ip_family)
+    assert vs.address is not None
+    ip, port = split_host_port(vs.address)
+    return ServiceKey.of_address(vs.protocol.value, str(ip), port)
+
+
+def service_settings(vs: VirtualService) -> Service:
+    key = service_key(vs)
+    flags = sched_flags_from_names(vs.scheduler, vs.scheduler_flags)
+    if vs.one_packet:
+        flags |= F_ONEPACKET
+    timeout, netmask = 0, -1
+    if vs.persistence is not None:
+        flags |= F_PERSISTENT
+        timeout = max(1, round(vs.persistence.timeout))
+        netmask = netmask_prefix(vs.persistence.netmask, key.family)
+    return Service(key, vs.scheduler, flags, timeout, netmask)
+
+
+def services_of(spec: ClusterSpec, group: str | None) -> list[VirtualService]:
+    """The virtual services a group's ipvs resource carries (all of them for None)."""
+    if group is None:
+        return list(spec.virtual_services)
+    out = []
+    for vs in spec.virtual_services:
+        g = spec.group_of(vs)
+        if g is not None and g.name == group:
+            out.append(vs)
+    return out
+
+
+@dataclass(frozen=True)
+class RealState:
+    """One real of one service, and what the rules made of it."""
+
+    service: ServiceKey
+    segment: str  # the real's keyspace segment (port as configured)
+    dest: Dest  # as configured (its weight is the configured one)
+    up: bool
+    drained: bool
+    weight: int | None  # in the table with this weight; None: left out
+
+    @property
+    def serving(self) -> bool:
+        return self.up and not self.drained
+
+
+@dataclass
+class Plan:
+    table: Table
+    reals: list[RealState] = field(default_factory=list)
+    fallback_active: list[ServiceKey] = field(default_factory=list)
+
+
+def _dest_port(vs: VirtualService, port: int) -> int:
+    return port or (vs.port or 0)
+
+
+def plan(
+    spec: ClusterSpec,
+    group: str | None,
+    verdicts: Verdicts | None = None,
+    drains: Drains | None = None,
+) -> Plan:
+    """The desired table, with the state of every real that led to it."""
+    verdicts = verdicts or {}
+    drained_set = set(drains or ())
+    result = Plan(Table())
+    for vs in services_of(spec, group):
+        service = service_settings(vs)
+        segment = service.key.segment
+        dests: list[Dest] = []
+        serving = 0
+        for real in vs.reals:
+            forward = Fwd.from_spec(real.forward.value)
+            for ip, port in expand_real(real.address):
+                rseg = real_segment(str(ip), port)
+                address, _ = canonical(str(ip))
+                configured = Dest(
+                    address,
+                    _dest_port(vs, port),
+                    forward,
+                    real.weight,
+                    real.upper_threshold,
+                    real.lower_threshold,
+                )
+                up = verdicts.get((segment, rseg), True)
+                drained = (segment, rseg) in drained_set
+                weight: int | None = real.weight
+                if not up:
+                    weight = 0 if vs.quiescent else None
+                elif drained:
+                    weight = 0
+                if up and not drained:
+                    serving += 1
+                if weight is not None:
+                    dests.append(
+                        Dest(
+                            configured.address,
+                            configured.port,
+                            forward,
+                            weight,
+                            configured.upper,
+                            configured.lower,
+                        )
+                    )
+                result.reals.append(RealState(service.key, rseg, configured, up, drained, weight))
+        if serving == 0 and vs.fallback is not None:
+            fb = vs.fallback
+            for ip, port in expand_real(fb.address):
+                address, _ = canonical(str(ip))
+                dests.append(
+                    Dest(address, _dest_port(vs, port), Fwd.from_spec(fb.forward.value), fb.weight)
+                )
+            result.fallback_active.append(service.key)
+        result.table.add(service, dests)
+    return result
+
+
+def desired(
+    spec: ClusterSpec,
+    group: str | None,
+    verdicts: Verdicts | None = None,
+    drains: Drains | None = None,
+) -> Table:
+    """The table `group` should have (every service in the spec for group None)."""
+    return plan(spec, group, verdicts, drains).table
+
+
+def named_services(spec: ClusterSpec, group: str | None) -> set[ServiceKey]:
+    """The services the config gives this group: the only ones it may touch."""
+    return {service_key(vs) for vs in services_of(spec, group)}
