@@ -17,7 +17,9 @@ Rules, per virtual service of the group:
 - a drained real gets weight 0 (left out if it is also down and not quiescent);
 - when no real is serving (up and not drained), the fallback server is added,
   and it goes again as soon as one is;
-- ldirectord's address ranges (a->b:port) stand for each of their addresses.
+- ldirectord's address ranges (a->b:port) stand for each of their addresses;
+- a gate or ipip destination gets the service's port, as ipvsadm gives it
+  (those methods cannot change the port; only masq can).
 """
 
 from __future__ import annotations
@@ -101,8 +103,13 @@ class Plan:
     fallback_active: list[ServiceKey] = field(default_factory=list)
 
 
-def _dest_port(vs: VirtualService, port: int) -> int:
-    return port or (vs.port or 0)
+def _dest_port(vs: VirtualService, port: int, forward: Fwd) -> int:
+    """Port 0 means the service's. Direct routing and tunnelling cannot change the
+    port, so ipvsadm (and so ldirectord) gives those destinations the service's
+    port whatever was written; so do we, which keeps the table restorable."""
+    if vs.port and (not port or forward is not Fwd.MASQ):
+        return vs.port
+    return port
 
 
 def plan(
@@ -127,7 +134,7 @@ def plan(
                 address, _ = canonical(str(ip))
                 configured = Dest(
                     address,
-                    _dest_port(vs, port),
+                    _dest_port(vs, port, forward),
                     forward,
                     real.weight,
                     real.upper_threshold,
@@ -158,9 +165,8 @@ def plan(
             fb = vs.fallback
             for ip, port in expand_real(fb.address):
                 address, _ = canonical(str(ip))
-                dests.append(
-                    Dest(address, _dest_port(vs, port), Fwd.from_spec(fb.forward.value), fb.weight)
-                )
+                fwd = Fwd.from_spec(fb.forward.value)
+                dests.append(Dest(address, _dest_port(vs, port, fwd), fwd, fb.weight))
             result.fallback_active.append(service.key)
         result.table.add(service, dests)
     return result
