@@ -320,6 +320,7 @@ class Checker:
         self._pending: dict[RealKey, bytes | None] = {}
         self._wake = asyncio.Event()
         self._published_lease = 0
+        self._dead_lease = 0
         self._running = False
         self.writes = 0  # health keys written or deleted, for tests and figures
         self.slips: collections.deque[float] = collections.deque(maxlen=100_000)
@@ -358,6 +359,7 @@ class Checker:
     def republish(self) -> None:
         """Write every verdict again (e.g. after the agent re-created its lease)."""
         self._published_lease = 0
+        self._dead_lease = 0
         self._wake.set()
 
     async def run(self) -> None:
@@ -454,8 +456,8 @@ class Checker:
                     await self._wake.wait()
             self._wake.clear()
             lease = self.lease_id_getter()
-            if not lease:
-                continue
+            if not lease or lease == self._dead_lease:
+                continue  # no lease yet, or etcd said it is gone: wait for a new one
             if lease != self._published_lease:
                 for rk, st in self.states.items():
                     if st.state is not None and rk not in self._pending:
@@ -480,6 +482,8 @@ class Checker:
                     if isinstance(e, EtcdLeaseNotFound):
                         log.warning("lease %x is gone; verdicts wait for a new one", lease)
                         self._published_lease = 0
+                        self._dead_lease = lease
+                        break
                     else:
                         log.warning("cannot publish verdicts yet: %s", e)
                     await asyncio.sleep(backoff)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 
 from etcdha.probes import Target
 
@@ -25,9 +26,22 @@ async def open_stream(
     )
 
 
+_NO_LINGER = struct.pack("ii", 1, 0)
+
+
+def reset_on_close(sock: socket.socket | None) -> None:
+    """Close with a reset (SO_LINGER 0), as load balancers' health checks do: the
+    real server's socket is freed at once instead of sitting in TIME_WAIT, which
+    thousands of checks a second would pile up there (and here)."""
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
+
+
 def close_stream(writer: asyncio.StreamWriter) -> None:
     """Close without waiting for the peer (an answer we stopped reading may still come)."""
     transport = writer.transport
+    reset_on_close(transport.get_extra_info("socket"))
     with contextlib.suppress(Exception):
         transport.abort()
 

@@ -22,7 +22,7 @@ from functools import cache
 from typing import Protocol
 
 from etcdha.probes import READ_LIMIT, Result, Target, register
-from etcdha.probes._net import close_stream, family_of, open_stream
+from etcdha.probes._net import close_stream, family_of, open_stream, reset_on_close
 
 MAX_HEADERS = 100
 _STATUS_RE = re.compile(rb"HTTP/(\d)\.(\d) (\d{3})(?: ([^\r\n]*))?\r?\n\Z")
@@ -197,6 +197,7 @@ class SocketReader:
         return data
 
     def close(self) -> None:
+        reset_on_close(self.sock)
         self.sock.close()
 
 
