@@ -117,3 +117,44 @@ health_writes = Counter(
     "Health keys this checker wrote or deleted in etcd (verdict changes and republishing)",
     registry=REGISTRY,
 )
+
+# The IPVS table of each group this node reconciles (leader, or warm standby copy).
+ipvs_reconcile_duration = Histogram(
+    "etcdha_ipvs_reconcile_duration_seconds",
+    "One reconcile of a group's IPVS table: kernel dump, diff and changes",
+    ["group"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+ipvs_rule_changes = Counter(
+    "etcdha_ipvs_rule_changes_total",
+    "IPVS changes made by reconciles, by operation (add-service, edit-service, add-dest, "
+    "edit-dest, delete-dest, delete-service)",
+    ["group", "op"],
+    registry=REGISTRY,
+)
+ipvs_desired_services = Gauge(
+    "etcdha_ipvs_desired_services",
+    "Virtual services in the group's desired IPVS table",
+    ["group"],
+    registry=REGISTRY,
+)
+ipvs_desired_destinations = Gauge(
+    "etcdha_ipvs_desired_destinations",
+    "Destinations (reals and active fallbacks) in the group's desired IPVS table",
+    ["group"],
+    registry=REGISTRY,
+)
+ipvs_fallback_active = Gauge(
+    "etcdha_ipvs_fallback_active_services",
+    "Virtual services of the group served by their fallback (no real up)",
+    ["group"],
+    registry=REGISTRY,
+)
+ipvs_reconcile_errors = Counter(
+    "etcdha_ipvs_reconcile_errors_total",
+    "Reconcile failures, by kind: refused (the kernel refused an operation), failed (the "
+    "kernel table could not be read or written)",
+    ["group", "kind"],
+    registry=REGISTRY,
+)

@@ -1,5 +1,5 @@
-"""IPVS against the real kernel: each driver boots user-mode-linux once and runs
-a file of tests/kernel/inside/ there."""
+"""IPVS against the real kernel: the driver boots user-mode-linux once and runs
+files of tests/kernel/inside/ there (netlink operations, the reconciler)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,6 @@ from uml_support import run_inside
 pytestmark = pytest.mark.kernel
 
 
-def test_netlink_operations_read_back_equal() -> None:
-    result = run_inside("ipvs_netlink.py", args=["-s"])
+def test_netlink_backend_and_reconciler_in_the_kernel() -> None:
+    result = run_inside("ipvs_netlink.py", "ipvs_reconcile.py", args=["-s"])
     print(result.output)

@@ -1,0 +1,434 @@
+"""The IPVS table as a group resource: desired from config + health, kept in the kernel.
+
+The agent owns one :class:`Feed` and tells it what it learns from etcd::
+
+    feed = Feed()
+    install(feed, on_applied=...)          # registers the group resource factory
+    feed.update(spec=spec, config_revision=rev)
+    feed.update(verdicts={(service_seg, real_seg): up, ...}, health_revision=rev)
+    feed.update(drains={(service_seg, real_seg), ...}, drain_revision=rev)
+    feed.remember("lvs", keys)             # services applied before (status/<group>/ipvs)
+
+Each group's ``ipvs`` resource (:class:`IPVSTable`) reconciles when it starts,
+a moment after every change of the feed, and on the group's audits (a resync
+that repairs drift, spaced out to 20 times its own duration so a huge table
+does not keep the kernel busy). A reconcile dumps the kernel table, diffs it
+against the desired one and applies the difference through netlink; services
+the config does not name are never touched. Stopping the resource leaves the
+table in place (a warm copy, so a takeover only moves addresses), unless the
+config no longer gives the group any service: then the group's services go.
+
+After a reconcile that changed something (or used new revisions), ``on_applied``
+gets the group and a status payload; :func:`write_status` stores it under
+``status/<group>/ipvs`` guarded by the leader key's create revision (the term).
+:func:`warm_copy` runs the same reconcile for a standby, without status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from etcdha import metrics, resources
+from etcdha.events import now_rfc3339
+from etcdha.ipvs.desired import Plan, named_services, plan
+from etcdha.ipvs.diff import Op, OpKind, diff
+from etcdha.ipvs.model import ServiceKey, Table
+from etcdha.ipvs.netlink import IPVSError, NetlinkBackend, OpError
+from etcdha.ipvs.text import to_ipvsadm, to_json
+from etcdha.keyspace import Keyspace
+from etcdha.resources import HeldAddress, ResourceError
+from etcdha.spec import ClusterSpec
+from etcdha.store import Compare, Store
+from etcdha.store import Op as StoreOp
+
+log = logging.getLogger(__name__)
+
+DEBOUNCE = 0.02  # seconds: changes arriving together make one reconcile
+MIN_RESYNC = 1.0  # seconds between audit resyncs, at least
+RESYNC_FACTOR = 20  # ... and at least this many times the last reconcile's duration
+STATUS_TABLE_LIMIT = 512 * 1024  # bytes of JSON: larger tables go to status as a digest
+LOG_OPS = 20  # more changes than this are logged as a summary
+
+
+@dataclass(frozen=True)
+class Inputs:
+    spec: ClusterSpec | None = None
+    config_revision: int = 0
+    verdicts: Mapping[tuple[str, str], bool] = field(default_factory=dict)
+    health_revision: int = 0
+    drains: frozenset[tuple[str, str]] = frozenset()
+    drain_revision: int = 0
+
+
+class Feed:
+    """What the IPVS resources need to know, kept up to date by the agent."""
+
+    def __init__(self) -> None:
+        self.inputs = Inputs()
+        self._listeners: set[asyncio.Event] = set()
+        self._remembered: dict[str, set[ServiceKey]] = {}
+
+    def update(
+        self,
+        *,
+        spec: ClusterSpec | None = None,
+        config_revision: int | None = None,
+        verdicts: Mapping[tuple[str, str], bool] | None = None,
+        health_revision: int | None = None,
+        drains: Collection[tuple[str, str]] | None = None,
+        drain_revision: int | None = None,
+    ) -> None:
+        """Replace what is given (a whole new set of verdicts or drains, not a delta)
+        and wake every IPVS resource. Verdicts: (service segment, real segment) ->
+        True up / False down; a real without a verdict is up."""
+        i = self.inputs
+        self.inputs = Inputs(
+            spec if spec is not None else i.spec,
+            config_revision if config_revision is not None else i.config_revision,
+            dict(verdicts) if verdicts is not None else i.verdicts,
+            health_revision if health_revision is not None else i.health_revision,
+            frozenset(drains) if drains is not None else i.drains,
+            drain_revision if drain_revision is not None else i.drain_revision,
+        )
+        for event in self._listeners:
+            event.set()
+
+    def remember(self, group: str, keys: Iterable[ServiceKey]) -> None:
+        """Services this group applied before (e.g. read from status/<group>/ipvs):
+        those the config has dropped since are deleted by the next reconcile."""
+        self._remembered.setdefault(group, set()).update(keys)
+
+    def remembered(self, group: str) -> set[ServiceKey]:
+        return set(self._remembered.get(group, ()))
+
+    def _replace_remembered(self, group: str, keys: Iterable[ServiceKey]) -> None:
+        self._remembered[group] = set(keys)
+
+    def listen(self) -> asyncio.Event:
+        event = asyncio.Event()
+        self._listeners.add(event)
+        return event
+
+    def unlisten(self, event: asyncio.Event) -> None:
+        self._listeners.discard(event)
+
+
+@dataclass
+class ReconcileResult:
+    group: str
+    plan: Plan
+    ops: list[Op]
+    errors: list[OpError]
+    duration: float
+    inputs: Inputs
+
+    @property
+    def table(self) -> Table:
+        return self.plan.table
+
+
+Backend = NetlinkBackend
+AppliedHook = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+async def reconcile(
+    backend: Backend,
+    group: str,
+    inputs: Inputs,
+    managed: Collection[ServiceKey] = (),
+) -> ReconcileResult:
+    """Bring the kernel in line with the group's desired table; raises IPVSError
+    when the kernel table cannot be read or written at all."""
+    started = time.monotonic()
+    if inputs.spec is None:
+        return ReconcileResult(group, Plan(Table()), [], [], 0.0, inputs)
+    wanted = plan(inputs.spec, group, inputs.verdicts, inputs.drains)
+    keys = set(managed) | set(wanted.table.keys())
+    current = await asyncio.to_thread(backend.dump, keys)
+    ops = diff(current, wanted.table, keys)
+    errors = await asyncio.to_thread(backend.apply, ops) if ops else []
+    duration = time.monotonic() - started
+    metrics.ipvs_reconcile_duration.labels(group).observe(duration)
+    metrics.ipvs_desired_services.labels(group).set(len(wanted.table))
+    metrics.ipvs_desired_destinations.labels(group).set(wanted.table.dest_count)
+    metrics.ipvs_fallback_active.labels(group).set(len(wanted.fallback_active))
+    failed = {id(e.op) for e in errors}
+    for op in ops:
+        if id(op) not in failed:
+            metrics.ipvs_rule_changes.labels(group, op.kind.value).inc()
+    if errors:
+        metrics.ipvs_reconcile_errors.labels(group, "refused").inc(len(errors))
+    return ReconcileResult(group, wanted, ops, errors, duration, inputs)
+
+
+async def warm_copy(feed: Feed, group: str, backend: Backend | None = None) -> ReconcileResult:
+    """A standby's copy of the group's table, from the same inputs (no status write)."""
+    own = backend is None
+    b = backend if backend is not None else await asyncio.to_thread(NetlinkBackend)
+    try:
+        keys = _managed(feed, group)
+        result = await reconcile(b, group, feed.inputs, keys)
+        _remember_applied(feed, result)
+        _log_result(result, "warm copy")
+        return result
+    finally:
+        if own:
+            b.close()
+
+
+def _remember_applied(feed: Feed, result: ReconcileResult) -> None:
+    """The group's services are now those applied, and any whose delete failed."""
+    kept = {e.op.service.key for e in result.errors if e.op.kind is OpKind.DELETE_SERVICE}
+    feed._replace_remembered(result.group, set(result.table.keys()) | kept)
+
+
+def _managed(feed: Feed, group: str) -> set[ServiceKey]:
+    spec = feed.inputs.spec
+    named = named_services(spec, group) if spec is not None else set()
+    return named | feed.remembered(group)
+
+
+def _describe_op(op: Op) -> str:
+    d = op.dest
+    key = op.service.key
+    if op.kind is OpKind.ADD_SERVICE:
+        return f"added service {key} ({op.service.scheduler})"
+    if op.kind is OpKind.EDIT_SERVICE:
+        return f"changed service {key} ({op.service.scheduler})"
+    if op.kind is OpKind.DELETE_SERVICE:
+        return f"deleted service {key}"
+    assert d is not None
+    if op.kind is OpKind.ADD_DEST:
+        return f"added {d} to {key} ({d.forward.spec_name}, weight {d.weight})"
+    if op.kind is OpKind.EDIT_DEST:
+        return f"set {d} of {key} to {d.forward.spec_name}, weight {d.weight}"
+    return f"removed {d} from {key}"
+
+
+def _log_result(result: ReconcileResult, what: str) -> None:
+    if len(result.ops) > LOG_OPS:
+        counts: dict[str, int] = {}
+        for op in result.ops:
+            counts[op.kind.value] = counts.get(op.kind.value, 0) + 1
+        summary = ", ".join(f"{n} {k}" for k, n in counts.items())
+        log.info(
+            "group %s: %s made %d IPVS changes in %.2fs (%s)",
+            result.group,
+            what,
+            len(result.ops),
+            result.duration,
+            summary,
+        )
+    else:
+        for op in result.ops:
+            log.info("group %s: %s", result.group, _describe_op(op))
+    for err in result.errors[:LOG_OPS]:
+        log.error("group %s: the kernel refused to %s: %s", result.group, err.op, err)
+    if len(result.errors) > LOG_OPS:
+        log.error(
+            "group %s: and %d more refused IPVS changes", result.group, len(result.errors) - LOG_OPS
+        )
+
+
+def status_payload(result: ReconcileResult) -> dict[str, Any]:
+    """What status/<group>/ipvs holds: the applied table (JSON, or only its digest
+    when large), the revisions used, and what was refused."""
+    table = to_json(result.table)
+    text = json.dumps(table, separators=(",", ":"))
+    payload: dict[str, Any] = {
+        "applied_at": now_rfc3339(),
+        "config_revision": result.inputs.config_revision,
+        "health_revision": result.inputs.health_revision,
+        "drain_revision": result.inputs.drain_revision,
+        "services": len(result.table),
+        "destinations": result.table.dest_count,
+        "fallback_active": [k.segment for k in result.plan.fallback_active],
+        "rules_sha256": hashlib.sha256(to_ipvsadm(result.table).encode()).hexdigest(),
+        "changes": len(result.ops),
+        "refused": [str(e) for e in result.errors],
+    }
+    if len(text) <= STATUS_TABLE_LIMIT:
+        payload["table"] = table
+    else:
+        payload["table"] = None
+        payload["table_omitted"] = f"{len(text)} bytes of JSON; see `etcdha render`"
+    return payload
+
+
+async def write_status(
+    store: Store,
+    ks: Keyspace,
+    group: str,
+    term: int,
+    payload: Mapping[str, Any],
+    lease: int = 0,
+) -> bool:
+    """Put status/<group>/ipvs if we still lead the group: a txn comparing the
+    leader key's create revision with `term`. False when the term is over."""
+    result = await store.txn(
+        [Compare.create_revision(ks.leader(group), "==", term)],
+        [StoreOp.put(ks.status_ipvs(group), json.dumps(payload).encode(), lease=lease)],
+    )
+    return result.succeeded
+
+
+class IPVSTable:
+    """A group's `ipvs` resource."""
+
+    def __init__(
+        self,
+        group: str,
+        feed: Feed,
+        *,
+        on_applied: AppliedHook | None = None,
+        backend_factory: Callable[[], Backend] = NetlinkBackend,
+    ) -> None:
+        self.group = group
+        self.feed = feed
+        self.on_applied = on_applied
+        self.backend_factory = backend_factory
+        self.backend: Backend | None = None
+        self.last: ReconcileResult | None = None
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._event: asyncio.Event | None = None
+        self._last_sync = 0.0
+        self._reported: tuple[Any, ...] | None = None
+        self._refused: set[str] = set()
+
+    def describe(self) -> str:
+        if self.last is None:
+            return f"ipvs table of group {self.group}"
+        t = self.last.table
+        return f"ipvs table of group {self.group} ({len(t)} services, {t.dest_count} destinations)"
+
+    def fence_addresses(self) -> list[HeldAddress]:
+        return []
+
+    async def _backend(self) -> Backend:
+        if self.backend is None:
+            try:
+                self.backend = await asyncio.to_thread(self.backend_factory)
+            except (IPVSError, OSError) as e:
+                raise ResourceError(f"cannot reach the kernel's IPVS table: {e}") from e
+        return self.backend
+
+    async def sync(self, why: str) -> ReconcileResult:
+        """One reconcile now; raises ResourceError if the kernel could not be reached."""
+        async with self._lock:
+            backend = await self._backend()
+            managed = _managed(self.feed, self.group)
+            try:
+                result = await reconcile(backend, self.group, self.feed.inputs, managed)
+            except (IPVSError, OSError) as e:
+                metrics.ipvs_reconcile_errors.labels(self.group, "failed").inc()
+                raise ResourceError(f"IPVS reconcile ({why}) failed: {e}") from e
+            finally:
+                self._last_sync = time.monotonic()
+            _remember_applied(self.feed, result)
+            # A refused change is tried again on every reconcile: say so once.
+            fresh = [op for op in result.ops if str(op) not in self._refused]
+            if why == "resync" and fresh:
+                log.warning(
+                    "group %s: the kernel's IPVS table had drifted; repairing it", self.group
+                )
+            _log_result(
+                ReconcileResult(
+                    result.group,
+                    result.plan,
+                    fresh,
+                    [e for e in result.errors if str(e.op) not in self._refused],
+                    result.duration,
+                    result.inputs,
+                ),
+                why,
+            )
+            self._refused = {str(e.op) for e in result.errors}
+            self.last = result
+        await self._report(result)
+        return result
+
+    async def _report(self, result: ReconcileResult) -> None:
+        if self.on_applied is None:
+            return
+        i = result.inputs
+        mark = (
+            hashlib.sha256(to_ipvsadm(result.table).encode()).hexdigest(),
+            i.config_revision,
+            i.health_revision,
+            i.drain_revision,
+            tuple(sorted(str(e) for e in result.errors)),
+        )
+        if mark == self._reported and not result.ops:
+            return
+        try:
+            await self.on_applied(self.group, status_payload(result))
+            self._reported = mark
+        except Exception as e:  # the status is informative: never fatal
+            log.warning("group %s: could not record the IPVS status: %s", self.group, e)
+
+    async def start(self) -> None:
+        await self.sync("start")
+        self._event = self.feed.listen()
+        self._task = asyncio.create_task(self._follow(), name=f"ipvs {self.group}")
+
+    async def _follow(self) -> None:
+        assert self._event is not None
+        while True:
+            await self._event.wait()
+            await asyncio.sleep(DEBOUNCE)
+            self._event.clear()
+            try:
+                await self.sync("input change")
+            except ResourceError as e:
+                log.error("group %s: %s", self.group, e)
+
+    async def audit(self) -> None:
+        """A resync that repairs drift, spaced out for large tables."""
+        spacing = MIN_RESYNC
+        if self.last is not None:
+            spacing = max(MIN_RESYNC, RESYNC_FACTOR * self.last.duration)
+        if time.monotonic() - self._last_sync < spacing or self._lock.locked():
+            return
+        await self.sync("resync")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._event is not None:
+            self.feed.unlisten(self._event)
+            self._event = None
+        spec = self.feed.inputs.spec
+        if spec is not None and not named_services(spec, self.group):
+            # The config gives this group no service any more: take ours away.
+            await self.sync("stop")
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+
+def install(
+    feed: Feed,
+    *,
+    on_applied: AppliedHook | None = None,
+    backend_factory: Callable[[], Backend] = NetlinkBackend,
+) -> None:
+    """Make every group's `ipvs` resource an IPVSTable fed by `feed`. After each
+    reconcile that changed something, `on_applied(group, payload)` is awaited
+    (the agent writes it with write_status under the group's term)."""
+
+    def factory(group: str) -> resources.Resource:
+        return IPVSTable(group, feed, on_applied=on_applied, backend_factory=backend_factory)
+
+    resources.register_ipvs(factory)
