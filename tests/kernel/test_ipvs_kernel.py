@@ -1,5 +1,6 @@
 """IPVS against the real kernel: the driver boots user-mode-linux once and runs
-files of tests/kernel/inside/ there (netlink operations, the reconciler)."""
+files of tests/kernel/inside/ there (netlink operations, the reconciler,
+preflight and the sync daemon)."""
 
 from __future__ import annotations
 
@@ -10,5 +11,5 @@ pytestmark = pytest.mark.kernel
 
 
 def test_netlink_backend_and_reconciler_in_the_kernel() -> None:
-    result = run_inside("ipvs_netlink.py", "ipvs_reconcile.py", args=["-s"])
+    result = run_inside("ipvs_netlink.py", "ipvs_reconcile.py", "ipvs_settings.py", args=["-s"])
     print(result.output)
