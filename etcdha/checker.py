@@ -1,11 +1,12 @@
 """The checker: probes every real server of the spec and publishes verdicts on change.
 
-One asyncio task per real server and check: a real whose probe hangs holds
+One schedule (a heap and a single timer) for every real server; each due
+check runs as a short-lived task of its own, so a real whose probe hangs holds
 only its own task (and one slot of the concurrency semaphore) until its
-timeout, so it never delays the checks of other reals. Each task keeps its own
-schedule: the first check within the first second (spread at random), then
-every ``interval`` with +-5 % jitter on a fixed rate (a check that overruns
-its interval skips the missed slots rather than bunching them).
+timeout and never delays the checks of other reals. Each real keeps its own
+rhythm: the first check within the first second (spread at random), then every
+``interval`` with +-5 % jitter on a fixed rate (a check that overruns its
+interval skips the missed slots rather than bunching them).
 
 Verdicts (ldirectord's counters):
 
@@ -41,6 +42,8 @@ import asyncio
 import collections
 import contextlib
 import gc
+import heapq
+import itertools
 import json
 import logging
 import math
@@ -316,7 +319,14 @@ class Checker:
         self.jitter = jitter
         self.semaphore = asyncio.Semaphore(max_concurrency)
         self.states: dict[RealKey, RealState] = {}
-        self._tasks: dict[RealKey, asyncio.Task[None]] = {}
+        # The schedule: (due, sequence, real, epoch) on the loop's clock. An entry
+        # whose epoch is not its real's current one is stale (the check changed).
+        self._heap: list[tuple[float, int, RealKey, int]] = []
+        self._seq = itertools.count()
+        self._epochs: dict[RealKey, int] = {}
+        self._inflight: dict[RealKey, asyncio.Task[None]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
         self._pending: dict[RealKey, bytes | None] = {}
         self._wake = asyncio.Event()
         self._published_lease = 0
@@ -336,7 +346,8 @@ class Checker:
         jobs = jobs_from_spec(spec, self.checks_dir) if spec is not None else {}
         for rk in list(self.states):
             if rk not in jobs:
-                self._stop_task(rk)
+                self._unschedule(rk)
+                self._epochs.pop(rk, None)
                 gone = self.states.pop(rk)
                 _forget_metrics(gone)
                 if gone.state is not None:
@@ -347,13 +358,15 @@ class Checker:
             st = self.states.get(rk)
             if st is None:
                 self.states[rk] = RealState(job)
+                if self._running:
+                    self._schedule_first(rk)
             elif st.job != job:
                 st.job = job
                 st.successes = st.failures = 0
                 st.connects = _NEVER
-                self._stop_task(rk)
-            if self._running and rk not in self._tasks:
-                self._start_task(rk)
+                if self._running:
+                    self._unschedule(rk)
+                    self._schedule_first(rk)
         self._wake.set()
 
     def republish(self) -> None:
@@ -364,18 +377,22 @@ class Checker:
 
     async def run(self) -> None:
         """Check and publish until cancelled; cancelling stops every probe."""
+        if not self.states:
+            self.update(self.spec_getter())
         self._running = True
         try:
-            if not self.states:
-                self.update(self.spec_getter())
             for rk in self.states:
-                if rk not in self._tasks:
-                    self._start_task(rk)
+                self._schedule_first(rk)
             await self._publish_loop()
         finally:
             self._running = False
-            for rk in list(self._tasks):
-                self._stop_task(rk)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer, self._timer_at = None, math.inf
+            self._heap.clear()
+            for task in list(self._inflight.values()):
+                task.cancel()
+            self._inflight.clear()
 
     def slip_percentiles(self) -> dict[str, float]:
         """Schedule slip (seconds late at probe start) over the recent checks."""
@@ -388,42 +405,72 @@ class Checker:
 
         return {"p50": pick(0.5), "p99": pick(0.99), "max": data[-1], "n": float(len(data))}
 
-    # -- probing
+    # -- scheduling: one heap and one timer for every real; a short-lived task
+    # per check. (A task per real would keep thousands of sleeping futures and
+    # timer handles alive for a whole interval each, and the garbage collector
+    # walks them all in every full collection: tens of milliseconds of slip.)
 
-    def _start_task(self, rk: RealKey) -> None:
-        self._tasks[rk] = asyncio.get_running_loop().create_task(
-            self._real_loop(rk), name=f"check {rk[0]}/{rk[1]}"
-        )
+    def _schedule_first(self, rk: RealKey) -> None:
+        interval = self.states[rk].job.interval
+        due = asyncio.get_running_loop().time() + random.uniform(0, min(interval, FIRST_SPREAD))
+        self._push(rk, due)
 
-    def _stop_task(self, rk: RealKey) -> None:
-        task = self._tasks.pop(rk, None)
+    def _push(self, rk: RealKey, due: float) -> None:
+        epoch = self._epochs.get(rk, 0)
+        heapq.heappush(self._heap, (due, next(self._seq), rk, epoch))
+        if due < self._timer_at:
+            self._arm(due)
+
+    def _unschedule(self, rk: RealKey) -> None:
+        self._epochs[rk] = self._epochs.get(rk, 0) + 1
+        task = self._inflight.pop(rk, None)
         if task is not None:
             task.cancel()
 
-    async def _real_loop(self, rk: RealKey) -> None:
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_at(when, self._dispatch)
+        self._timer_at = when
+
+    def _dispatch(self) -> None:
+        """Start every check that is due, then sleep until the next one."""
+        self._timer, self._timer_at = None, math.inf
         loop = asyncio.get_running_loop()
-        st = self.states[rk]
-        interval = st.job.interval
-        due = loop.time() + random.uniform(0, min(interval, FIRST_SPREAD))
-        while True:
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        now = loop.time()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            due, _, rk, epoch = heapq.heappop(heap)
+            if epoch != self._epochs.get(rk, 0) or rk not in self.states or rk in self._inflight:
+                continue
+            self._inflight[rk] = loop.create_task(self._run_check(rk, self.states[rk], due))
+        if heap:
+            self._arm(heap[0][0])
+
+    async def _run_check(self, rk: RealKey, st: RealState, due: float) -> None:
+        loop = asyncio.get_running_loop()
+        epoch = self._epochs.get(rk, 0)
+        try:
             async with self.semaphore:
-                started = loop.time()
-                slip = max(0.0, started - due)
+                slip = max(0.0, loop.time() - due)
                 self.slips.append(slip)
                 metrics.check_slip.observe(slip)
-                try:
-                    await self._check_once(st)
-                except Exception:
-                    log.exception("check of %s failed unexpectedly", st.job.real_label)
-            interval = st.job.interval
-            step = interval * (1 + random.uniform(-self.jitter, self.jitter))
-            due += step
-            now = loop.time()
-            if due < now:  # overran: skip the missed slots, keep the phase
-                due += math.ceil((now - due) / interval) * interval
+                await self._check_once(st)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("check of %s failed unexpectedly", st.job.real_label)
+        finally:
+            if self._inflight.get(rk) is asyncio.current_task():
+                del self._inflight[rk]
+        if not self._running or epoch != self._epochs.get(rk, 0):
+            return
+        interval = st.job.interval
+        due += interval * (1 + random.uniform(-self.jitter, self.jitter))
+        now = loop.time()
+        if due < now:  # overran: skip the missed slots, keep the phase
+            due += math.ceil((now - due) / interval) * interval
+        self._push(rk, due)
 
     async def _check_once(self, st: RealState) -> None:
         job = st.job
