@@ -13,3 +13,8 @@ pytestmark = pytest.mark.kernel
 def test_netlink_backend_and_reconciler_in_the_kernel() -> None:
     result = run_inside("ipvs_netlink.py", "ipvs_reconcile.py", "ipvs_settings.py", args=["-s"])
     print(result.output)
+
+
+def test_traffic_through_the_vip_in_namespaces() -> None:
+    result = run_inside("ipvs_traffic.py", args=["-s"])
+    print(result.output)
