@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from etcdha import __version__, metrics, network, procs, resources
+from etcdha.checker import Checker, freeze_gc
 from etcdha.election import GroupRunner, LeaseKeeper
 from etcdha.election_rules import Action, ClusterView, Leader, Member, decide
 from etcdha.eligibility import Eligibility
@@ -53,6 +54,7 @@ class AgentOptions:
     run_dir: Path = Path("/run/etcdha")
     tick: float = 1.0  # the HA loop runs at least this often
     peer_tls: TLSFiles | None = None  # for failsafe confirmations between directors
+    checks_dir: Path | None = None  # external check scripts (default: see checker)
 
 
 def boot_id() -> str:
@@ -90,6 +92,7 @@ class Agent:
         self._next_wake: float | None = None
         self._pending: list[Coroutine[Any, Any, None]] = []  # resource updates to run
         self.failsafe: Failsafe | None = None
+        self.checker: Checker | None = None
 
     # -- start-up
 
@@ -106,6 +109,8 @@ class Agent:
         else:
             log.info("config revision %d is in force; re-evaluating every group", revision)
             self._rebuild_runners()
+            if self.checker is not None:
+                self.checker.update(loaded.spec)
         self.wake.set()
 
     async def _wait_for_config(self, store: Store, sync: ViewSync) -> int:
@@ -208,6 +213,17 @@ class Agent:
             await self._register(store)
             self._rebuild_runners()
             await self._apply_pending()
+            # Every agent checks the real servers too, under its own lease, so a
+            # new leader starts with warm verdicts.
+            self.checker = Checker(
+                store,
+                self.ks,
+                self.node,
+                lambda: self.spec,
+                lambda: self.keeper.lease_id,
+                checks_dir=self.opts.checks_dir,
+            )
+            freeze_gc()
             kvs, revision = await store.get_prefix(self.ks.root)
             sync.load(kvs)
             await self._remove_stale_addresses()
@@ -226,6 +242,7 @@ class Agent:
                     tg.create_task(self._fence_timer(), name="fence-timer")
                     tg.create_task(self._audit_loop(), name="audit")
                     tg.create_task(self.notifier.run(), name="notify")
+                    tg.create_task(self.checker.run(), name="checker")
                     tg.create_task(self._reconcile_loop(), name="reconcile")
                     tg.create_task(self._stop_when_asked(), name="stop")
             except* _Stop:

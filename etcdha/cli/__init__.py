@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from etcdha import __version__, logs
-from etcdha.cli import admin, agent, config, status
+from etcdha.cli import admin, agent, checker, config, status
 from etcdha.cli.common import EXIT_CODES_HELP
 
 app = typer.Typer(
@@ -17,9 +17,11 @@ app = typer.Typer(
     "<prefix>/<cluster>/ in etcd, readable with etcdctl.\n\n" + EXIT_CODES_HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 app.add_typer(config.app, name="config")
 app.add_typer(agent.app, name="agent")
+app.add_typer(checker.app, name="checker")
 app.command("status")(status.status)
 app.command("standby")(admin.standby)
 app.command("online")(admin.online)

@@ -69,6 +69,14 @@ def start(
         Path | None,
         typer.Option(envvar="ETCDHA_PEER_KEY", help="Its private key (default: --key)."),
     ] = None,
+    checks_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="ETCDHA_CHECKS_DIR",
+            help="Where external check scripts live (default: /usr/lib/etcdha/checks, "
+            "else the checks/ directory shipped with etcdha).",
+        ),
+    ] = None,
     *,
     conn: Conn,
 ) -> None:
@@ -102,6 +110,7 @@ def start(
         listen_port=int(port),
         run_dir=run_dir,
         peer_tls=tls,
+        checks_dir=checks_dir,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     pid_file = _pid_file(run_dir, conn.keyspace.cluster, name)

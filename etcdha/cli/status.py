@@ -8,6 +8,7 @@ import typer
 
 from etcdha.cli.common import Conn, err, out_json, with_conn
 from etcdha.configdb import describe, parse_stored
+from etcdha.health import health_report
 from etcdha.keyspace import KeyKind
 from etcdha.store import KeyValue, Store
 from etcdha.view_sync import json_object
@@ -111,6 +112,20 @@ def _print(report: dict[str, Any]) -> None:
     for name, s in sorted(report["standby"].items()):
         if name not in report["members"]:
             typer.echo(f"  {name}: standby ({s.get('reason')}), not running")
+    if report["reals"]:
+        typer.echo("real servers:")
+    for r in report["reals"]:
+        since = f" since {r['since']}" if r.get("since") else ""
+        detail = f" ({r['detail']})" if r.get("detail") else ""
+        typer.echo(
+            f"  {r['service_label'] or r['service']} -> {r['real_label'] or r['real']}: "
+            f"{r['state']}{since}{detail} [{r['policy']}: {r['reason']}]"
+        )
+        for v in r.get("views", []):
+            typer.echo(
+                f"    {v.get('checker')}: {v.get('state')} since {v.get('since')}"
+                + (f" ({v['detail']})" if v.get("detail") else "")
+            )
 
 
 @with_conn
@@ -121,8 +136,9 @@ def status(
             "--json",
             help="Stable JSON on stdout: cluster, prefix, revision, config, groups (leader, "
             "term, since, lease, last_change), members (eligible, why, ping_ok, holding, "
-            "host, version, started, config_revision), standby, takeover, unknown_keys, "
-            "malformed_keys.",
+            "host, version, started, config_revision), standby, takeover, reals (per real "
+            "server: state, policy, reason, since, detail, each checker's view), "
+            "unknown_keys, malformed_keys, health_problems.",
         ),
     ] = False,
     *,
@@ -135,7 +151,11 @@ def status(
 
     async def body(store: Store) -> dict[str, Any]:
         kvs, revision = await store.get_prefix(ks.root)
-        return collect(kvs, conn, revision)
+        report = collect(kvs, conn, revision)
+        reals, problems = health_report(ks, kvs)
+        report["reals"] = [r.to_json() for r in reals]
+        report["health_problems"] = problems
+        return report
 
     report = conn.run(body)
     if as_json:
@@ -146,5 +166,7 @@ def status(
         err(f"error: {problem}")
     for key in report["unknown_keys"]:
         err(f"warning: {key}: not a key etcdha writes; left alone")
+    for problem in report["health_problems"]:
+        err(f"warning: {problem}")
     for key in report["malformed_keys"]:
         err(f"warning: {key}: value is not the JSON etcdha writes; ignored")

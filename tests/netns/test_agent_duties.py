@@ -3,7 +3,9 @@ notify hooks, IPv6, and riding through a compaction."""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,3 +176,59 @@ def test_a_plain_stop_hands_over_without_waiting_for_the_ttl(lab: DirectorLab) -
         assert time.monotonic() - stopped < 3
     assert sampler.overlaps() == []
     assert "the agent is shutting down" in lab.etcdha("events").stdout
+
+
+def test_every_agent_checks_the_real_servers_and_status_shows_each_view(
+    lab: DirectorLab, tmp_path: Path
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "test.html").write_text("ok\n")
+    servers = {
+        rs: lab.seed.topology.start(
+            rs,
+            sys.executable,
+            "-m",
+            "http.server",
+            "80",
+            "--bind",
+            addr,
+            "--directory",
+            str(site),
+        )
+        for rs, addr in (("rs1", lab.seed.rs1), ("rs2", lab.seed.rs2))
+    }
+    services = f"""
+virtual_services:
+  - address: 192.0.2.200:80
+    scheduler: rr
+    health_policy: all  # no ipvs resource here (no IPVS in the host kernel)
+    check: {{type: negotiate, service: http, request: /test.html, receive: ok,
+             interval: 300ms, timeout: 1s}}
+    reals:
+      - {{address: "{lab.seed.rs1}:80", forward: masq}}
+      - {{address: "{lab.seed.rs2}:80", forward: masq}}
+"""
+    start_both(lab, spec() + services)
+
+    def reals() -> dict[str, dict[str, object]]:
+        report = json.loads(lab.etcdha("status", "--json").stdout)
+        return {r["real_label"]: r for r in report["reals"]}
+
+    def all_up_from_both() -> bool:
+        rs = reals()
+        return len(rs) == 2 and all(
+            r["state"] == "up" and {v["checker"] for v in r["views"]} == {"node1", "node2"}
+            for r in rs.values()
+        )
+
+    try:
+        lab.wait_for(all_up_from_both, 10, "both reals up in both views", interval=0.3)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {reals()}") from None
+    servers["rs1"].stop()
+    rs1 = f"{lab.seed.rs1}:80"
+    lab.wait_for(lambda: reals()[rs1]["state"] == "down", 5, "rs1 down", interval=0.2)
+    assert reals()[f"{lab.seed.rs2}:80"]["state"] == "up"
+    text = lab.etcdha("status").stdout
+    assert f"-> {rs1}: down" in text and "node2: down" in text
