@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from failover_support import DIP, VIP, spec, start_both
@@ -211,7 +212,7 @@ virtual_services:
 """
     start_both(lab, spec() + services)
 
-    def reals() -> dict[str, dict[str, object]]:
+    def reals() -> dict[str, dict[str, Any]]:
         report = json.loads(lab.etcdha("status", "--json").stdout)
         return {r["real_label"]: r for r in report["reals"]}
 
