@@ -25,7 +25,7 @@ Rules, per virtual service of the group:
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from etcdha.ipvs.model import (
     F_ONEPACKET,
@@ -112,6 +112,64 @@ def _dest_port(vs: VirtualService, port: int, forward: Fwd) -> int:
     return port
 
 
+@dataclass(frozen=True)
+class _CompiledService:
+    service: Service
+    segment: str
+    quiescent: bool
+    reals: tuple[tuple[str, Dest], ...]  # (real segment, destination as configured)
+    fallback: tuple[Dest, ...]
+
+
+_compiled: dict[tuple[int, str | None], tuple[ClusterSpec, list[_CompiledService]]] = {}
+_COMPILED_KEEP = 8
+
+
+def _compile(spec: ClusterSpec, group: str | None) -> list[_CompiledService]:
+    """What does not depend on health: parsed once per spec (a large config's
+    addresses take seconds to parse on a slow machine, a health change must not)."""
+    key = (id(spec), group)
+    hit = _compiled.get(key)
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    out = []
+    for vs in services_of(spec, group):
+        service = service_settings(vs)
+        reals = []
+        for real in vs.reals:
+            forward = Fwd.from_spec(real.forward.value)
+            for ip, port in expand_real(real.address):
+                address, _ = canonical(str(ip))
+                reals.append(
+                    (
+                        real_segment(str(ip), port),
+                        Dest(
+                            address,
+                            _dest_port(vs, port, forward),
+                            forward,
+                            real.weight,
+                            real.upper_threshold,
+                            real.lower_threshold,
+                        ),
+                    )
+                )
+        fallback = []
+        if vs.fallback is not None:
+            fwd = Fwd.from_spec(vs.fallback.forward.value)
+            for ip, port in expand_real(vs.fallback.address):
+                address, _ = canonical(str(ip))
+                fallback.append(Dest(address, _dest_port(vs, port, fwd), fwd, vs.fallback.weight))
+        out.append(
+            _CompiledService(
+                service, service.key.segment, vs.quiescent, tuple(reals), tuple(fallback)
+            )
+        )
+    if len(_compiled) >= _COMPILED_KEEP:
+        _compiled.clear()
+    _compiled[key] = (spec, out)
+    return out
+
+
 def plan(
     spec: ClusterSpec,
     group: str | None,
@@ -122,53 +180,28 @@ def plan(
     verdicts = verdicts or {}
     drained_set = set(drains or ())
     result = Plan(Table())
-    for vs in services_of(spec, group):
-        service = service_settings(vs)
-        segment = service.key.segment
+    for cs in _compile(spec, group):
         dests: list[Dest] = []
         serving = 0
-        for real in vs.reals:
-            forward = Fwd.from_spec(real.forward.value)
-            for ip, port in expand_real(real.address):
-                rseg = real_segment(str(ip), port)
-                address, _ = canonical(str(ip))
-                configured = Dest(
-                    address,
-                    _dest_port(vs, port, forward),
-                    forward,
-                    real.weight,
-                    real.upper_threshold,
-                    real.lower_threshold,
-                )
-                up = verdicts.get((segment, rseg), True)
-                drained = (segment, rseg) in drained_set
-                weight: int | None = real.weight
-                if not up:
-                    weight = 0 if vs.quiescent else None
-                elif drained:
-                    weight = 0
-                if up and not drained:
-                    serving += 1
-                if weight is not None:
-                    dests.append(
-                        Dest(
-                            configured.address,
-                            configured.port,
-                            forward,
-                            weight,
-                            configured.upper,
-                            configured.lower,
-                        )
-                    )
-                result.reals.append(RealState(service.key, rseg, configured, up, drained, weight))
-        if serving == 0 and vs.fallback is not None:
-            fb = vs.fallback
-            for ip, port in expand_real(fb.address):
-                address, _ = canonical(str(ip))
-                fwd = Fwd.from_spec(fb.forward.value)
-                dests.append(Dest(address, _dest_port(vs, port, fwd), fwd, fb.weight))
-            result.fallback_active.append(service.key)
-        result.table.add(service, dests)
+        for rseg, configured in cs.reals:
+            up = verdicts.get((cs.segment, rseg), True)
+            drained = (cs.segment, rseg) in drained_set
+            weight: int | None = configured.weight
+            if not up:
+                weight = 0 if cs.quiescent else None
+            elif drained:
+                weight = 0
+            else:
+                serving += 1
+            if weight == configured.weight:
+                dests.append(configured)
+            elif weight is not None:
+                dests.append(replace(configured, weight=weight))
+            result.reals.append(RealState(cs.service.key, rseg, configured, up, drained, weight))
+        if serving == 0 and cs.fallback:
+            dests.extend(cs.fallback)
+            result.fallback_active.append(cs.service.key)
+        result.table.add(cs.service, dests)
     return result
 
 

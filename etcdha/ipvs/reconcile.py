@@ -10,11 +10,14 @@ The agent owns one :class:`Feed` and tells it what it learns from etcd::
     feed.remember("lvs", keys)             # services applied before (status/<group>/ipvs)
 
 Each group's ``ipvs`` resource (:class:`IPVSTable`) reconciles when it starts,
-a moment after every change of the feed, and on the group's audits (a resync
-that repairs drift, spaced out to 20 times its own duration so a huge table
-does not keep the kernel busy). A reconcile dumps the kernel table, diffs it
-against the desired one and applies the difference through netlink; services
-the config does not name are never touched. Stopping the resource leaves the
+a moment after every change of the feed, and on the group's audits. A
+reconcile diffs the desired table against the kernel's and applies the
+difference through netlink; services the config does not name are never
+touched. At start and on audits it dumps the kernel table first (the resync
+that repairs drift, spaced out to 20 times the dump's duration so a huge table
+does not keep the kernel busy); after a feed change it diffs against what its
+last reconcile left (a large table's dump costs far more than the change),
+and dumps again at once if the kernel refuses anything. Stopping the resource leaves the
 table in place (a warm copy, so a takeover only moves addresses), unless the
 config no longer gives the group any service: then the group's services go.
 
@@ -39,7 +42,7 @@ from typing import Any
 from etcdha import metrics, resources
 from etcdha.events import now_rfc3339
 from etcdha.ipvs.desired import Plan, named_services, plan
-from etcdha.ipvs.diff import Op, OpKind, diff
+from etcdha.ipvs.diff import Op, OpKind, apply_ops, diff
 from etcdha.ipvs.model import ServiceKey, Table
 from etcdha.ipvs.netlink import IPVSError, NetlinkBackend, OpError
 from etcdha.ipvs.text import to_ipvsadm, to_json
@@ -129,6 +132,8 @@ class ReconcileResult:
     errors: list[OpError]
     duration: float
     inputs: Inputs
+    after: Table = field(default_factory=Table)  # the kernel's services after it, as we know
+    dumped: bool = True  # the kernel was read first (not our belief of it)
 
     @property
     def table(self) -> Table:
@@ -144,15 +149,28 @@ async def reconcile(
     group: str,
     inputs: Inputs,
     managed: Collection[ServiceKey] = (),
+    *,
+    believed: Table | None = None,
 ) -> ReconcileResult:
     """Bring the kernel in line with the group's desired table; raises IPVSError
-    when the kernel table cannot be read or written at all."""
+    when the kernel table cannot be read or written at all.
+
+    `believed`: what the kernel holds for these services as far as we know (the
+    result of our last reconcile); given, the kernel is not dumped first, which
+    on a large table is most of the cost. A refused operation then means the
+    belief was wrong: the caller reconciles again without it.
+    """
     started = time.monotonic()
     if inputs.spec is None:
-        return ReconcileResult(group, Plan(Table()), [], [], 0.0, inputs)
-    wanted = plan(inputs.spec, group, inputs.verdicts, inputs.drains)
+        return ReconcileResult(group, Plan(Table()), [], [], 0.0, inputs, Table(), False)
+    # In a thread: a new large config takes a while to parse (health changes do not).
+    wanted = await asyncio.to_thread(plan, inputs.spec, group, inputs.verdicts, inputs.drains)
     keys = set(managed) | set(wanted.table.keys())
-    current = await asyncio.to_thread(backend.dump, keys)
+    dumped = believed is None
+    if believed is None:
+        current = await asyncio.to_thread(backend.dump, keys)
+    else:
+        current = believed.only(keys)
     ops = diff(current, wanted.table, keys)
     errors = await asyncio.to_thread(backend.apply, ops) if ops else []
     duration = time.monotonic() - started
@@ -161,12 +179,13 @@ async def reconcile(
     metrics.ipvs_desired_destinations.labels(group).set(wanted.table.dest_count)
     metrics.ipvs_fallback_active.labels(group).set(len(wanted.fallback_active))
     failed = {id(e.op) for e in errors}
-    for op in ops:
-        if id(op) not in failed:
-            metrics.ipvs_rule_changes.labels(group, op.kind.value).inc()
+    done = [op for op in ops if id(op) not in failed]
+    for op in done:
+        metrics.ipvs_rule_changes.labels(group, op.kind.value).inc()
     if errors:
         metrics.ipvs_reconcile_errors.labels(group, "refused").inc(len(errors))
-    return ReconcileResult(group, wanted, ops, errors, duration, inputs)
+    after = apply_ops(current, done).only(keys)
+    return ReconcileResult(group, wanted, ops, errors, duration, inputs, after, dumped)
 
 
 async def warm_copy(feed: Feed, group: str, backend: Backend | None = None) -> ReconcileResult:
@@ -300,7 +319,9 @@ class IPVSTable:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._event: asyncio.Event | None = None
-        self._last_sync = 0.0
+        self._last_dump = 0.0  # monotonic time of the last reconcile that read the kernel
+        self._dump_duration = 0.0
+        self._believed: Table | None = None  # the kernel's services after our last reconcile
         self._reported: tuple[Any, ...] | None = None
         self._refused: set[str] = set()
 
@@ -322,46 +343,65 @@ class IPVSTable:
         return self.backend
 
     async def sync(self, why: str) -> ReconcileResult:
-        """One reconcile now; raises ResourceError if the kernel could not be reached."""
+        """One reconcile now; raises ResourceError if the kernel could not be reached.
+        After a feed change it trusts its belief of the kernel (no dump); at start,
+        on audits, and whenever the kernel refused a change, it reads the kernel."""
         async with self._lock:
-            backend = await self._backend()
-            managed = _managed(self.feed, self.group)
-            try:
-                result = await reconcile(backend, self.group, self.feed.inputs, managed)
-            except (IPVSError, OSError) as e:
-                metrics.ipvs_reconcile_errors.labels(self.group, "failed").inc()
-                raise ResourceError(f"IPVS reconcile ({why}) failed: {e}") from e
-            finally:
-                self._last_sync = time.monotonic()
-            _remember_applied(self.feed, result)
-            # A refused change is tried again on every reconcile: say so once.
-            fresh = [op for op in result.ops if str(op) not in self._refused]
-            if why == "resync" and fresh:
-                log.warning(
-                    "group %s: the kernel's IPVS table had drifted; repairing it", self.group
+            trust = why not in ("start", "resync") and self._believed is not None
+            result = await self._sync_locked(why, self._believed if trust else None)
+            if trust and result.errors:
+                log.info(
+                    "group %s: the kernel refused a change; reading its IPVS table again",
+                    self.group,
                 )
-            _log_result(
-                ReconcileResult(
-                    result.group,
-                    result.plan,
-                    fresh,
-                    [e for e in result.errors if str(e.op) not in self._refused],
-                    result.duration,
-                    result.inputs,
-                ),
-                why,
-            )
-            self._refused = {str(e.op) for e in result.errors}
-            self.last = result
+                result = await self._sync_locked("resync", None)
         await self._report(result)
+        return result
+
+    async def _sync_locked(self, why: str, believed: Table | None) -> ReconcileResult:
+        backend = await self._backend()
+        managed = _managed(self.feed, self.group)
+        try:
+            result = await reconcile(
+                backend, self.group, self.feed.inputs, managed, believed=believed
+            )
+        except (IPVSError, OSError) as e:
+            metrics.ipvs_reconcile_errors.labels(self.group, "failed").inc()
+            self._believed = None
+            raise ResourceError(f"IPVS reconcile ({why}) failed: {e}") from e
+        finally:
+            if believed is None:
+                self._last_dump = time.monotonic()
+        if result.dumped:
+            self._dump_duration = result.duration
+        self._believed = None if result.errors else result.after
+        _remember_applied(self.feed, result)
+        # A refused change is tried again on every reconcile: say so once.
+        fresh = [op for op in result.ops if str(op) not in self._refused]
+        if why == "resync" and fresh:
+            log.warning("group %s: the kernel's IPVS table had drifted; repairing it", self.group)
+        _log_result(
+            ReconcileResult(
+                result.group,
+                result.plan,
+                fresh,
+                [e for e in result.errors if str(e.op) not in self._refused],
+                result.duration,
+                result.inputs,
+            ),
+            why,
+        )
+        self._refused = {str(e.op) for e in result.errors}
+        self.last = result
         return result
 
     async def _report(self, result: ReconcileResult) -> None:
         if self.on_applied is None:
             return
         i = result.inputs
+        # The table follows from the inputs: same revisions, nothing changed,
+        # same refusals: the stored status still holds.
         mark = (
-            hashlib.sha256(to_ipvsadm(result.table).encode()).hexdigest(),
             i.config_revision,
             i.health_revision,
             i.drain_revision,
@@ -370,7 +410,8 @@ class IPVSTable:
         if mark == self._reported and not result.ops:
             return
         try:
-            await self.on_applied(self.group, status_payload(result))
+            payload = await asyncio.to_thread(status_payload, result)
+            await self.on_applied(self.group, payload)
             self._reported = mark
         except Exception as e:  # the status is informative: never fatal
             log.warning("group %s: could not record the IPVS status: %s", self.group, e)
@@ -393,10 +434,8 @@ class IPVSTable:
 
     async def audit(self) -> None:
         """A resync that repairs drift, spaced out for large tables."""
-        spacing = MIN_RESYNC
-        if self.last is not None:
-            spacing = max(MIN_RESYNC, RESYNC_FACTOR * self.last.duration)
-        if time.monotonic() - self._last_sync < spacing or self._lock.locked():
+        spacing = max(MIN_RESYNC, RESYNC_FACTOR * self._dump_duration)
+        if time.monotonic() - self._last_dump < spacing or self._lock.locked():
             return
         await self.sync("resync")
 

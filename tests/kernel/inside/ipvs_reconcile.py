@@ -143,7 +143,7 @@ async def test_reconciler_follows_inputs_repairs_drift_and_leaves_foreign_alone(
             sh("ipvsadm", "-d", "-t", "192.0.2.200:80", "-r", "198.51.100.6:80")
             sh("ipvsadm", "-e", "-t", "192.0.2.200:443", "-r", "198.51.100.21:443", "-m", "-w", "9")
             sh("ipvsadm", "-a", "-t", "192.0.2.200:80", "-r", "198.51.100.99:80", "-m")
-            table._last_sync = 0.0
+            table._last_dump = 0.0
             await table.audit()
             assert sorted(last_ops(table)) == [
                 ("add-dest", "198.51.100.6:80"),
@@ -154,12 +154,26 @@ async def test_reconciler_follows_inputs_repairs_drift_and_leaves_foreign_alone(
             assert have == want
             foreign_intact()
             # nothing to do: no change at all, and audits are spaced out
-            table._last_sync = 0.0
+            table._last_dump = 0.0
             await table.audit()
             assert last_ops(table) == []
-            before = table._last_sync
+            before = table._last_dump
             await table.audit()
-            assert table._last_sync == before
+            assert table._last_dump == before
+
+            # drift the reconciler does not know of, then a feed change: its belief
+            # of the kernel is wrong, the kernel refuses, it reads the table again
+            sh("ipvsadm", "-d", "-t", "192.0.2.200:80", "-r", "198.51.100.6:80")
+            feed.update(verdicts={(WEB, RS2): False}, health_revision=40)
+            await settle(table)
+            assert table.last is not None and table.last.dumped and table.last.errors == []
+            assert last_ops(table) == [("add-dest", "198.51.100.6:80")]
+            have, want = kernel_ours(feed)
+            assert have == want
+            feed.update(verdicts={}, health_revision=41)
+            await settle(table)
+            assert table.last is not None and not table.last.dumped
+            assert last_ops(table) == [("edit-dest", "198.51.100.6:80")]
 
             # the config drops a service: it is deleted, the foreign one stays
             smaller = SPEC.replace("  - fwmark: 5\n    family: inet6\n", "  - fwmark: 6\n")
