@@ -24,6 +24,7 @@ Rules, per virtual service of the group:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -43,6 +44,8 @@ from etcdha.keyspace import real_segment
 from etcdha.spec import ClusterSpec, VirtualService
 from etcdha.spec_types import expand_real, split_host_port
 
+log = logging.getLogger(__name__)
+
 Verdicts = Mapping[tuple[str, str], bool]
 Drains = Collection[tuple[str, str]]
 
@@ -57,7 +60,13 @@ def service_key(vs: VirtualService) -> ServiceKey:
 
 def service_settings(vs: VirtualService) -> Service:
     key = service_key(vs)
-    flags = sched_flags_from_names(vs.scheduler, vs.scheduler_flags)
+    flags = 0
+    for name in vs.scheduler_flags:
+        try:
+            flags |= sched_flags_from_names(vs.scheduler, [name])
+        except ValueError as e:
+            # The spec does not check flag names against the scheduler: skip, say so.
+            log.warning("%s: %s; left out", vs.label, e)
     if vs.one_packet:
         flags |= F_ONEPACKET
     timeout, netmask = 0, -1

@@ -431,6 +431,8 @@ class IPVSTable:
                 await self.sync("input change")
             except ResourceError as e:
                 log.error("group %s: %s", self.group, e)
+            except Exception:  # keep following the feed whatever one reconcile met
+                log.exception("group %s: IPVS reconcile failed", self.group)
 
     async def audit(self) -> None:
         """A resync that repairs drift, spaced out for large tables."""

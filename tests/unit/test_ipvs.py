@@ -400,3 +400,13 @@ def test_json_round_trip() -> None:
     }
     fwm = next(s for s in data if s["service"] == "fwm6-2")
     assert (fwm["protocol"], fwm["address"], fwm["port"], fwm["fwmark"]) == (None, None, None, 2)
+
+
+def test_a_scheduler_flag_the_scheduler_lacks_is_left_out() -> None:
+    spec = load(
+        "nodes: [n1]\nvirtual_services:\n"
+        "  - {address: '192.0.2.1:80', scheduler: rr, scheduler_flags: [sh-port, flag-2],\n"
+        "     reals: [{address: '198.51.100.1:80'}]}\n"
+    )
+    (entry,) = list(desired(spec, None))
+    assert entry.service.flags == F_SCHED2
