@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from etcdha import __version__, logs
-from etcdha.cli import admin, agent, checker, config, status
+from etcdha.cli import admin, agent, checker, config, drain, render, status
 from etcdha.cli.common import EXIT_CODES_HELP
 
 app = typer.Typer(
@@ -27,6 +27,9 @@ app.command("standby")(admin.standby)
 app.command("online")(admin.online)
 app.command("takeover")(admin.takeover)
 app.command("events")(admin.events)
+app.command("render")(render.render)
+app.command("drain")(drain.drain)
+app.command("undrain")(drain.undrain)
 
 
 def _version(value: bool) -> None:
