@@ -106,6 +106,14 @@ def unavailable() -> str | None:
     return None
 
 
+def _tmp_setup(paths: Sequence[str]) -> str:
+    """A fresh /tmp for the guest, unless the project itself lives under /tmp (a
+    clone made there): covering it would hide the code; TMPDIR points elsewhere."""
+    if any(os.path.abspath(p).startswith("/tmp/") for p in paths):
+        return "mkdir -p /run/tmp && chmod 1777 /run/tmp; export TMPDIR=/run/tmp"
+    return "step mount -t tmpfs -o mode=1777 tmpfs /tmp"
+
+
 def _init_script(
     rundir: Path, payload_cmd: str, timeout: float, modules: Sequence[str], python: str, cwd: str
 ) -> str:
@@ -128,7 +136,7 @@ mountpoint -q /dev || step mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/shm /dev/pts /run/netns /run/lock
 step mount -t tmpfs tmpfs /dev/shm
 step mount -t devpts devpts /dev/pts
-step mount -t tmpfs -o mode=1777 tmpfs /tmp
+{_tmp_setup([python, cwd, str(PROJECT_ROOT)])}
 hostname uml 2>/dev/null
 step ip link set lo up
 # Modules: the listed ones now, any other on the kernel's demand.

@@ -20,7 +20,7 @@ ipvsadm -Ln >/dev/null && echo "ipvsadm yes"
 ipvsadm -A -t 192.0.2.200:80 -s lblcr && ipvsadm-save -n
 ip netns add etcdha-uml-check && ip netns list
 touch /etcdha-uml-probe 2>/dev/null && echo "root writable" || echo "root read-only"
-stat -f -c %T /run /tmp /dev/shm | tr '\n' ' '; echo
+stat -f -c %T /run "${TMPDIR:-/tmp}" /dev/shm | tr '\n' ' '; echo
 ip link add etcdha-d0 type dummy && echo "dummy loaded on demand"
 echo "in-uml $ETCDHA_IN_UML cwd $(pwd)"
 echo shared > "$ETCDHA_UML_FILES/note.txt"
