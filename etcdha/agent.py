@@ -42,7 +42,11 @@ from etcdha.view_sync import ViewSync
 log = logging.getLogger(__name__)
 
 
-class AlreadyRunning(RuntimeError):
+class StartupError(RuntimeError):
+    """The agent cannot start; the message says why and what to do."""
+
+
+class AlreadyRunning(StartupError):
     pass
 
 
@@ -210,7 +214,17 @@ class Agent:
             )
             self.notifier = Notifier(spec.notify.commands, spec.notify.timeout)
             self.eligibility = Eligibility(self.node, self._spec, self.view)
-            await self._register(store)
+            # etcd answered a moment ago (the config read): from here on an outage
+            # is waited out, never a reason to exit.
+            while True:
+                try:
+                    await self._register(store)
+                    break
+                except AlreadyRunning:
+                    raise
+                except EtcdError as e:
+                    log.warning("cannot register %s yet (%s); trying again", self.node, e)
+                    await asyncio.sleep(1.0)
             self._rebuild_runners()
             await self._apply_pending()
             # Every agent checks the real servers too, under its own lease, so a
@@ -224,7 +238,7 @@ class Agent:
                 checks_dir=self.opts.checks_dir,
             )
             freeze_gc()
-            kvs, revision = await store.get_prefix(self.ks.root)
+            kvs, revision = await self._read_all()
             sync.load(kvs)
             await self._remove_stale_addresses()
             await self.eligibility.refresh()
@@ -232,7 +246,13 @@ class Agent:
             http = HTTPServer(
                 self.opts.listen_host, self.opts.listen_port, self._healthz, self._readyz
             )
-            await http.start()
+            try:
+                await http.start()
+            except OSError as e:
+                raise StartupError(
+                    f"cannot listen on {self.opts.listen_host}:{self.opts.listen_port} "
+                    f"({e.strerror}); choose another --listen"
+                ) from None
             self._install_signals()
             try:
                 async with asyncio.TaskGroup() as tg:

@@ -92,7 +92,7 @@ def start(
     the lease and its groups, so the VIP does not move.
     """
     # The agent pulls in netlink and more; other commands need not pay for it.
-    from etcdha.agent import Agent, AgentOptions, AlreadyRunning
+    from etcdha.agent import Agent, AgentOptions, StartupError
 
     name = node or socket.gethostname()
     host, _, port = listen.rpartition(":")
@@ -118,7 +118,7 @@ def start(
     pid_file.write_text(f"{os.getpid()}\n")
     try:
         run_async(agent.run())
-    except AlreadyRunning as e:
+    except StartupError as e:
         fail(f"refusing to start: {e}")
     except EtcdUnavailable as e:
         fail(f"etcd unreachable: {e}", Exit.UNREACHABLE)
