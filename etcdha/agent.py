@@ -225,6 +225,9 @@ class Agent:
                 except EtcdError as e:
                     log.warning("cannot register %s yet (%s); trying again", self.node, e)
                     await asyncio.sleep(1.0)
+            # Other directors may ask for failsafe confirmations from now on, even if
+            # etcd goes away before the rest of the start-up is done.
+            await self._start_failsafe()
             self._rebuild_runners()
             await self._apply_pending()
             # Every agent checks the real servers too, under its own lease, so a
@@ -242,7 +245,6 @@ class Agent:
             sync.load(kvs)
             await self._remove_stale_addresses()
             await self.eligibility.refresh()
-            await self._start_failsafe()
             http = HTTPServer(
                 self.opts.listen_host, self.opts.listen_port, self._healthz, self._readyz
             )

@@ -23,6 +23,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -184,15 +185,31 @@ async def store(etcd: EtcdServer) -> AsyncIterator[Store]:
         yield connected
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"report_{report.when}", report)
+
+
+def directors(request: pytest.FixtureRequest, **kwargs: Any) -> Iterator[DirectorLab]:
+    """A DirectorLab whose agents' logs are printed when the test fails."""
+    with DirectorLab(**kwargs) as lab:
+        yield lab
+        report = getattr(request.node, "report_call", None)
+        if report is not None and report.failed:
+            for name, agent in lab.agents.items():
+                print(f"----- agent {name} log (last 60 lines) -----")
+                print("\n".join(agent.log().splitlines()[-60:]))
+
+
 @pytest.fixture
-def lab() -> Iterator[DirectorLab]:
+def lab(request: pytest.FixtureRequest) -> Iterator[DirectorLab]:
     """Two directors in the seed topology, one etcd member on the control link."""
-    with DirectorLab(nodes=2) as lab:
-        yield lab
+    yield from directors(request, nodes=2)
 
 
 @pytest.fixture
-def lab3() -> Iterator[DirectorLab]:
+def lab3(request: pytest.FixtureRequest) -> Iterator[DirectorLab]:
     """Two directors, a three-member etcd cluster."""
-    with DirectorLab(nodes=2, etcd_members=3) as lab:
-        yield lab
+    yield from directors(request, nodes=2, etcd_members=3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 from etcdha.lab.directors import AddressSampler, DirectorLab
@@ -48,8 +49,10 @@ def start_both(lab: DirectorLab, spec_yaml: str | None = None) -> None:
 
 
 def _member_count(lab: DirectorLab) -> int:
-    out = lab.etcdctl("get", "--prefix", "--keys-only", "/etcdha/default/members/")
-    return len([line for line in out.splitlines() if line.strip()])
+    """Members whose agent is up and running (they publish their eligibility then)."""
+    out = lab.etcdctl("get", "--prefix", "--print-value-only", "/etcdha/default/members/")
+    values = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return len([v for v in values if v.get("eligible")])
 
 
 def assert_clean_handoff(sampler: AddressSampler, old: str, new: str) -> None:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from conftest import directors
 from failover_support import VIP, spec, start_both
 
 from etcdha.lab.directors import AddressSampler, DirectorLab
@@ -26,9 +27,8 @@ FAILSAFE = spec(ttl=TTL, extra_election="  etcd_unreachable: failsafe").replace(
 
 
 @pytest.fixture
-def tls_lab() -> Iterator[DirectorLab]:
-    with DirectorLab(nodes=2, tls=True) as lab:
-        yield lab
+def tls_lab(request: pytest.FixtureRequest) -> Iterator[DirectorLab]:
+    yield from directors(request, nodes=2, tls=True)
 
 
 def test_etcd_down_for_everybody_keeps_the_vip(tls_lab: DirectorLab) -> None:
