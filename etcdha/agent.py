@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from etcdha import __version__, metrics, network, procs, resources
+from etcdha import __version__, metrics, network, resources
 from etcdha.checker import Checker, freeze_gc
 from etcdha.election import GroupRunner, LeaseKeeper
 from etcdha.election_rules import Action, ClusterView, Leader, Member, decide
@@ -32,22 +32,15 @@ from etcdha.failsafe import PROBE_LIMIT, Failsafe, TLSFiles
 from etcdha.fence import FenceClient
 from etcdha.httpd import HTTPServer
 from etcdha.keyspace import Keyspace
+from etcdha.membership import AlreadyRunning, StartupError, boot_id, register
 from etcdha.notify import Notifier
 from etcdha.spec import ClusterSpec, EtcdUnreachable
 from etcdha.spec_load import Loaded
 from etcdha.spec_types import split_host_port
-from etcdha.store import Compare, EtcdError, EtcdSettings, Op, Store, WatchCompacted
+from etcdha.store import EtcdError, EtcdSettings, Op, Store, WatchCompacted
 from etcdha.view_sync import ViewSync
 
 log = logging.getLogger(__name__)
-
-
-class StartupError(RuntimeError):
-    """The agent cannot start; the message says why and what to do."""
-
-
-class AlreadyRunning(StartupError):
-    pass
 
 
 @dataclass
@@ -59,23 +52,6 @@ class AgentOptions:
     tick: float = 1.0  # the HA loop runs at least this often
     peer_tls: TLSFiles | None = None  # for failsafe confirmations between directors
     checks_dir: Path | None = None  # external check scripts (default: see checker)
-
-
-def boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def pid_is_agent(pid: int) -> bool:
-    if not procs.pid_running(pid):
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"etcdha" in cmdline
 
 
 class Agent:
@@ -152,45 +128,9 @@ class Agent:
         }
 
     async def _register(self, store: Store) -> None:
-        """Reclaim our lease after a planned restart, or take a new one; refuse to
-        run beside a live agent of the same node name."""
-        key = self.ks.member(self.node)
-        existing = await store.get(key)
-        if existing is not None and existing.lease:
-            try:
-                data = json.loads(existing.value)
-            except ValueError:
-                data = {}
-            same_host = (
-                data.get("boot_id") == boot_id() and data.get("host") == socket.gethostname()
-            )
-            pid = data.get("pid")
-            if same_host and isinstance(pid, int) and pid != os.getpid() and pid_is_agent(pid):
-                raise AlreadyRunning(
-                    f"node {self.node} is already live: pid {pid} on this host holds {key}; "
-                    "stop it first, or give this agent another --node"
-                )
-            if not same_host:
-                ttl = await store.time_to_live(existing.lease)
-                raise AlreadyRunning(
-                    f"node {self.node} is already live on host {data.get('host', '?')} "
-                    f"({key}, lease {existing.lease:x}, {ttl}s left); stop that agent or use "
-                    "another --node (if it crashed, its lease expires within that time)"
-                )
-            if await self.keeper.reclaim(existing.lease):
-                log.info("planned restart: reclaimed lease %x of pid %s", existing.lease, pid)
-                return
-        await self.keeper.grant()
-        value = json.dumps(self._member_data()).encode()
-        result = await store.txn(
-            [Compare.create_revision(key, "==", 0)],
-            [Op.put(key, value, lease=self.keeper.lease_id)],
+        await register(
+            store, self.ks, self.node, self.keeper, lambda: json.dumps(self._member_data()).encode()
         )
-        if not result.succeeded:
-            await self.keeper.revoke()
-            raise AlreadyRunning(
-                f"node {self.node} registered concurrently by another agent ({key})"
-            )
 
     # -- the loop
 

@@ -92,7 +92,8 @@ def start(
     the lease and its groups, so the VIP does not move.
     """
     # The agent pulls in netlink and more; other commands need not pay for it.
-    from etcdha.agent import Agent, AgentOptions, StartupError
+    from etcdha.agent import Agent, AgentOptions
+    from etcdha.membership import StartupError
 
     name = node or socket.gethostname()
     host, _, port = listen.rpartition(":")
