@@ -52,7 +52,6 @@ class LeaseKeeper:
         self.deadline = 0.0  # monotonic; addresses must be gone by then
         self.last_ack = 0.0  # monotonic send time of the last acknowledged keepalive
         self.lost = asyncio.Event()
-        self.renewed = asyncio.Event()
 
     def alive(self) -> bool:
         return self.lease_id != 0 and time.monotonic() < self.deadline
@@ -133,8 +132,6 @@ class LeaseKeeper:
                 )
                 metrics.lease_deadline.set(self.remaining())
                 await self.on_renew(self.deadline)
-                self.renewed.set()
-                self.renewed.clear()
             await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
     async def revoke(self) -> None:

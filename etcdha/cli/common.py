@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import ssl
-import sys
 import time
 import typing
 from collections.abc import Awaitable, Callable, Coroutine
@@ -310,7 +309,3 @@ def with_conn(func: Callable[..., T]) -> Callable[..., T]:
         parameters=[*params, *_CONN_PARAMS], return_annotation=hints.get("return", None)
     )
     return wrapper
-
-
-def stdin_is_tty() -> bool:
-    return sys.stdin.isatty()

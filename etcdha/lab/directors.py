@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -314,10 +314,6 @@ class DirectorLab:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def sample_holders(lab: DirectorLab, ip: str, nodes: Sequence[str]) -> list[str]:
-    return [n for n in nodes if ip in lab.addresses(n)]
 
 
 class AddressSampler:
