@@ -73,6 +73,7 @@ class Agent:
         self._pending: list[Coroutine[Any, Any, None]] = []  # resource updates to run
         self.failsafe: Failsafe | None = None
         self.checker: Checker | None = None
+        self._lease_timings: tuple[float, float, float] | None = None  # the lease's own
 
     # -- start-up
 
@@ -88,6 +89,15 @@ class Agent:
             log.info("loaded config revision %d", revision)
         else:
             log.info("config revision %d is in force; re-evaluating every group", revision)
+            e = loaded.spec.election
+            if self._lease_timings not in (
+                None,
+                (e.lease_ttl, e.keepalive_interval, e.fence_margin),
+            ):
+                log.warning(
+                    "the lease timings of the new config take effect when this agent "
+                    "next starts (its lease was granted with the old ones)"
+                )
             self._rebuild_runners()
             if self.checker is not None:
                 self.checker.update(loaded.spec)
@@ -145,6 +155,11 @@ class Agent:
             base = self.opts.run_dir / f"fence-{self.ks.cluster}-{self.node}"
             self.fence = FenceClient(f"{base}.sock", agent=self.node, log_file=f"{base}.log")
             await self.fence.connect()
+            self._lease_timings = (
+                spec.election.lease_ttl,
+                spec.election.keepalive_interval,
+                spec.election.fence_margin,
+            )
             self.keeper = LeaseKeeper(
                 store,
                 spec.election.lease_ttl,
@@ -152,7 +167,7 @@ class Agent:
                 spec.election.fence_margin,
                 self._renewed,
             )
-            self.notifier = Notifier(spec.notify.commands, spec.notify.timeout)
+            self.notifier = Notifier(lambda: self._spec().notify)
             self.eligibility = Eligibility(self.node, self._spec, self.view)
             # etcd answered a moment ago (the config read): from here on an outage
             # is waited out, never a reason to exit.
