@@ -31,6 +31,17 @@ Writes go through one publisher task, in txns of up to 64 puts; while etcd
 does not answer they wait (newer verdicts replace older ones) and the probes
 go on.
 
+Events: every up->down and down->up transition is recorded in a ``health``
+event under ``events/`` (a first verdict is not a transition). The publisher
+gathers the transitions since its last event into one event (listing the
+first ``EVENT_LISTED``, counting the rest), written right after the verdicts
+it goes with, and a token bucket (``EVENT_BURST`` events, then one per
+``EVENT_EVERY`` seconds) bounds how often: a flapping fleet of thousands of
+reals costs etcd one small event every few seconds, not one per flap. Health
+events are bound to a retention lease of their own (``EVENT_RETENTION``), so
+their history expires instead of growing; an event that cannot be written
+never holds back a verdict.
+
 :func:`run_standalone` is the checker-only worker (``etcdha checker start``): it
 grants its own lease, keeps it alive, follows the config key and serves
 /metrics.
@@ -48,6 +59,7 @@ import json
 import logging
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +67,7 @@ from typing import Any
 
 from etcdha import metrics, probes
 from etcdha.configdb import parse_stored
-from etcdha.events import now_rfc3339
+from etcdha.events import event_put, now_rfc3339
 from etcdha.httpd import HTTPServer
 from etcdha.keyspace import Keyspace, fwmark_segment, real_segment, service_segment, validate_name
 from etcdha.probes import Plan, Result, Target
@@ -91,6 +103,11 @@ FIRST_SPREAD = 1.0  # seconds over which the first checks of all reals are sprea
 TXN_OPS = 64
 PORTLESS_PROBES = {"ping", "on", "off", "none", "external"}
 _NEVER = 10**9
+EVENT_BURST = 10  # health events written at once before the rate limit applies
+EVENT_EVERY = 10.0  # then one event per this many seconds at most
+EVENT_LISTED = 10  # transitions listed in one event; the rest are counted
+EVENT_DETAIL = 80  # characters of a probe's detail kept in an event
+EVENT_RETENTION = 86_400  # seconds a health event stays in etcd (its lease's TTL)
 
 
 def default_checks_dir() -> Path:
@@ -309,6 +326,9 @@ class Checker:
         checks_dir: Path | None = None,
         max_concurrency: int = 512,
         jitter: float = JITTER,
+        event_burst: int = EVENT_BURST,
+        event_every: float = EVENT_EVERY,
+        event_retention: int = EVENT_RETENTION,
     ) -> None:
         self.store = store
         self.ks = keyspace
@@ -332,7 +352,21 @@ class Checker:
         self._published_lease = 0
         self._dead_lease = 0
         self._running = False
+        self._backoff = 0.1
         self.writes = 0  # health keys written or deleted, for tests and figures
+        # Health events: transitions waiting for an event, and the rate limit.
+        self.event_burst = max(1, event_burst)
+        self.event_every = event_every
+        self.event_retention = max(60, event_retention)
+        self._transitions: list[dict[str, Any]] = []
+        self._unlisted = 0
+        self._counts = {"down": 0, "up": 0}
+        self._tokens = float(self.event_burst)
+        self._tokens_at = time.monotonic()
+        self._event_lease = 0
+        self._event_lease_renew = 0.0
+        self.transitions = 0  # up<->down transitions seen, for tests and figures
+        self.events_written = 0
         self.slips: collections.deque[float] = collections.deque(maxlen=100_000)
 
     # -- public
@@ -481,7 +515,10 @@ class Checker:
         else:
             result = await probes.run(probe, target)
         _record_metrics(st, probe, result)
+        before = st.state
         if st.observe(probe, result):
+            if before is not None and before != st.state:
+                self._note_transition(st, before)
             log.info(
                 "%s of %s is %s: %s",
                 job.real_label,
@@ -496,49 +533,112 @@ class Checker:
     # -- publishing
 
     async def _publish_loop(self) -> None:
-        backoff = 0.1
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await self._wake.wait()
             self._wake.clear()
-            lease = self.lease_id_getter()
-            if not lease or lease == self._dead_lease:
-                continue  # no lease yet, or etcd said it is gone: wait for a new one
-            if lease != self._published_lease:
-                for rk, st in self.states.items():
-                    if st.state is not None and rk not in self._pending:
-                        self._pending[rk] = st.value()
-                self._published_lease = lease
-                log.info("publishing %d verdicts under lease %x", len(self._pending), lease)
-            while self._pending:
-                batch = list(self._pending.items())[:TXN_OPS]
-                for rk, _ in batch:
-                    del self._pending[rk]
-                ops = [
-                    Op.put(self.key(rk), v, lease=lease)
-                    if v is not None
-                    else Op.delete(self.key(rk))
-                    for rk, v in batch
-                ]
-                try:
-                    await self.store.txn([], ops)
-                except EtcdError as e:
-                    for rk, v in batch:
-                        self._pending.setdefault(rk, v)
-                    if isinstance(e, EtcdLeaseNotFound):
-                        log.warning("lease %x is gone; verdicts wait for a new one", lease)
-                        self._published_lease = 0
-                        self._dead_lease = lease
-                        break
-                    else:
-                        log.warning("cannot publish verdicts yet: %s", e)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
-                    break
-                backoff = 0.1
-                self.writes += len(ops)
-                metrics.health_writes.inc(len(ops))
+            await self._publish_verdicts()
+            await self._publish_events()
+
+    async def _publish_verdicts(self) -> None:
+        lease = self.lease_id_getter()
+        if not lease or lease == self._dead_lease:
+            return  # no lease yet, or etcd said it is gone: wait for a new one
+        if lease != self._published_lease:
+            for rk, st in self.states.items():
+                if st.state is not None and rk not in self._pending:
+                    self._pending[rk] = st.value()
+            self._published_lease = lease
+            log.info("publishing %d verdicts under lease %x", len(self._pending), lease)
+        while self._pending:
+            batch = list(self._pending.items())[:TXN_OPS]
+            for rk, _ in batch:
+                del self._pending[rk]
+            ops = [
+                Op.put(self.key(rk), v, lease=lease) if v is not None else Op.delete(self.key(rk))
+                for rk, v in batch
+            ]
+            try:
+                await self.store.txn([], ops)
+            except EtcdError as e:
+                for rk, v in batch:
+                    self._pending.setdefault(rk, v)
+                if isinstance(e, EtcdLeaseNotFound):
+                    log.warning("lease %x is gone; verdicts wait for a new one", lease)
+                    self._published_lease = 0
+                    self._dead_lease = lease
+                    return
+                log.warning("cannot publish verdicts yet: %s", e)
+                await asyncio.sleep(self._backoff)
+                self._backoff = min(self._backoff * 2, 2.0)
+                return
+            self._backoff = 0.1
+            self.writes += len(ops)
+            metrics.health_writes.inc(len(ops))
+
+    # -- health events
+
+    def _note_transition(self, st: RealState, before: str) -> None:
+        assert st.state is not None
+        self.transitions += 1
+        self._counts[st.state] += 1
+        if len(self._transitions) >= EVENT_LISTED:
+            self._unlisted += 1
+            return
+        self._transitions.append(
+            {
+                "service": st.job.service_label,
+                "real": st.job.real_label,
+                "from": before,
+                "to": st.state,
+                "at": st.since,
+                "detail": st.detail[:EVENT_DETAIL],
+            }
+        )
+
+    async def _publish_events(self) -> None:
+        """One event for the transitions gathered so far, if the rate limit allows."""
+        if not self._transitions:
+            return
+        now = time.monotonic()
+        self._tokens = min(
+            float(self.event_burst), self._tokens + (now - self._tokens_at) / self.event_every
+        )
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            return
+        listed, unlisted, counts = self._transitions, self._unlisted, self._counts
+        self._transitions, self._unlisted, self._counts = [], 0, {"down": 0, "up": 0}
+        event: dict[str, Any] = {"type": "health", "checker": self.name, "transitions": listed}
+        if unlisted:
+            event["more"] = unlisted
+        event.update(counts)
+        try:
+            lease = await self._retention_lease()
+            await self.store.txn([], [event_put(self.ks, event, lease)])
+        except EtcdError as e:
+            if isinstance(e, EtcdLeaseNotFound):
+                self._event_lease = 0
+            log.warning("cannot record a health event yet: %s", e)
+            # Keep them for the next try; what does not fit the list is counted.
+            merged = listed + self._transitions
+            self._transitions = merged[:EVENT_LISTED]
+            self._unlisted += unlisted + len(merged) - len(self._transitions)
+            for k, v in counts.items():
+                self._counts[k] += v
+            return
+        self._tokens -= 1.0
+        self.events_written += 1
+
+    async def _retention_lease(self) -> int:
+        """The lease health events are bound to; a fresh one every 1/24 of the
+        retention, so an event lives between 23/24 and all of it."""
+        now = time.monotonic()
+        if not self._event_lease or now >= self._event_lease_renew:
+            self._event_lease = (await self.store.grant(self.event_retention)).id
+            self._event_lease_renew = now + self.event_retention / 24
+        return self._event_lease
 
 
 def _with_timeout(job: Job, timeout: float) -> Target:

@@ -14,7 +14,7 @@ import typer
 
 from etcdha.cli.common import Conn, Exit, err, fail, with_conn
 from etcdha.configdb import read_config, who
-from etcdha.events import event_op, now_rfc3339
+from etcdha.events import event_op, health_event_lines, now_rfc3339
 from etcdha.keyspace import KeyKind
 from etcdha.store import EventType, Op, Store
 
@@ -203,6 +203,8 @@ def takeover(
 
 
 def _event_line(data: dict[str, Any]) -> str:
+    if data.get("type") == "health":
+        return "\n".join(health_event_lines(data))
     parts = [str(data.get("at", "?")), str(data.get("type", "?"))]
     for field in ("group", "node"):
         if data.get(field):
@@ -226,7 +228,8 @@ def events(
     *,
     conn: Conn,
 ) -> None:
-    """Failovers, handovers, standby/online, takeovers and config changes, oldest first."""
+    """Failovers, handovers, standby/online, takeovers, config changes and health
+    transitions, oldest first."""
     ks = conn.keyspace
 
     def show(key: str, raw: bytes) -> None:
