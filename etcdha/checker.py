@@ -42,6 +42,14 @@ events are bound to a retention lease of their own (``EVENT_RETENTION``), so
 their history expires instead of growing; an event that cannot be written
 never holds back a verdict.
 
+One live checker per name: ``checkers/<name>``, bound to the checker's
+lease, says who holds the name (:func:`claim_name`). A second checker with a
+name in use refuses to start (``etcdha checker start``) or, started under a
+lease that meets a taken name later, publishes nothing until the name is free;
+a registration left by an earlier process on this host that is gone now (a
+crash, kill -9) is taken over at once: its lease is revoked, and its stale
+verdicts go with it.
+
 :func:`run_standalone` is the checker-only worker (``etcdha checker start``): it
 grants its own lease, keeps it alive, follows the config key and serves
 /metrics.
@@ -58,7 +66,9 @@ import itertools
 import json
 import logging
 import math
+import os
 import random
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,10 +80,12 @@ from etcdha.configdb import parse_stored
 from etcdha.events import event_put, now_rfc3339
 from etcdha.httpd import HTTPServer
 from etcdha.keyspace import Keyspace, fwmark_segment, real_segment, service_segment, validate_name
+from etcdha.membership import AlreadyRunning, boot_id
 from etcdha.probes import Plan, Result, Target
 from etcdha.spec import ClusterSpec, VirtualService
 from etcdha.spec_types import expand_real, split_host_port
 from etcdha.store import (
+    Compare,
     EtcdError,
     EtcdLeaseNotFound,
     EtcdSettings,
@@ -86,8 +98,10 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Checker",
+    "CheckerNameInUse",
     "Job",
     "RealState",
+    "claim_name",
     "default_checks_dir",
     "freeze_gc",
     "jobs_from_spec",
@@ -304,6 +318,122 @@ def _verdict_text(st: RealState) -> str:
 
 
 # ---------------------------------------------------------------------------
+# one live checker per name
+
+
+class CheckerNameInUse(AlreadyRunning):
+    """Another live checker holds this checker name."""
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of a running process (clock ticks since boot), None when
+    there is no such process: with the pid it tells a process from a later one
+    that reused its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    if len(fields) < 20 or fields[0] == "Z":
+        return None
+    return fields[19]
+
+
+def _registration(role: str) -> bytes:
+    pid = os.getpid()
+    return json.dumps(
+        {
+            "role": role,
+            "host": socket.gethostname(),
+            "boot_id": boot_id(),
+            "pid": pid,
+            "pid_start": _process_start(pid),
+            "since": now_rfc3339(),
+        }
+    ).encode()
+
+
+async def claim_name(store: Store, ks: Keyspace, name: str, lease_id: int, role: str) -> None:
+    """Hold ``checkers/<name>`` under ``lease_id``, or raise CheckerNameInUse.
+
+    Taken: by this lease already (nothing to do); by a live checker elsewhere or
+    by a running process on this host (refused); by a process of this host that
+    is gone, or by this very process under an older lease (taken over).
+    """
+    key = ks.checker(name)
+    for _ in range(5):
+        result = await store.txn(
+            [Compare.create_revision(key, "==", 0)],
+            [Op.put(key, _registration(role), lease=lease_id)],
+            [Op.get(key)],
+        )
+        if result.succeeded:
+            log.info("checker name %s registered under lease %x", name, lease_id)
+            return
+        kvs = result.responses[0].kvs
+        if not kvs:
+            continue  # gone in between: try again
+        held = kvs[0]
+        try:
+            data = json.loads(held.value)
+        except ValueError:
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+        pid, started = data.get("pid"), data.get("pid_start")
+        if held.lease == lease_id:
+            if pid != os.getpid() or started != _process_start(os.getpid()):
+                # Our lease, reclaimed by a new process (an agent's planned restart).
+                await store.txn(
+                    [Compare.lease(key, "==", lease_id)],
+                    [Op.put(key, _registration(role), lease=lease_id)],
+                )
+            return
+        this_host = data.get("host") == socket.gethostname() and data.get("boot_id") == boot_id()
+        gone = this_host and (
+            not isinstance(pid, int)
+            or _process_start(pid) is None
+            or _process_start(pid) != started
+            or pid == os.getpid()
+        )
+        if held.lease and gone and data.get("role") == "agent" and pid != os.getpid():
+            # Never revoke a crashed agent's lease: its addresses stay until its
+            # fence guard removes them at the lease's deadline.
+            ttl = await store.time_to_live(held.lease)
+            raise CheckerNameInUse(
+                f"checker name {name} belongs to the agent of pid {pid} on this host, which is"
+                f" gone; its lease {held.lease:x} expires in {ttl}s (or start that agent again)"
+            )
+        if held.lease and not gone:
+            what = f"a live {data.get('role', 'checker')}"
+            if this_host:
+                raise CheckerNameInUse(
+                    f"checker name {name} is in use by {what} on this host (pid {pid}, {key}):"
+                    " stop it first, or give this checker another --name"
+                )
+            ttl = await store.time_to_live(held.lease)
+            raise CheckerNameInUse(
+                f"checker name {name} is in use by {what} on host {data.get('host', '?')}"
+                f" (pid {pid}, {key}, lease {held.lease:x}, {ttl}s left): stop it, or give"
+                " this checker another --name (if it crashed, its lease expires within that time)"
+            )
+        if held.lease and pid != os.getpid():
+            # An earlier incarnation on this host: its verdicts are stale.
+            log.info(
+                "checker name %s: taking over from pid %s, gone; revoking its lease %x",
+                name,
+                pid,
+                held.lease,
+            )
+            await store.revoke(held.lease)
+        else:
+            await store.txn([Compare.mod_revision(key, "==", held.mod_revision)], [Op.delete(key)])
+    raise CheckerNameInUse(
+        f"checker name {name}: {key} keeps changing; is another checker starting?"
+    )
+
+
+# ---------------------------------------------------------------------------
 # the checker
 
 
@@ -329,10 +459,13 @@ class Checker:
         event_burst: int = EVENT_BURST,
         event_every: float = EVENT_EVERY,
         event_retention: int = EVENT_RETENTION,
+        role: str = "agent",
     ) -> None:
         self.store = store
         self.ks = keyspace
         self.name = validate_name(name, "checker name")
+        self.role = role
+        self._refused = ""  # why the name is not ours now ("": it is, or not asked yet)
         self.spec_getter = spec_getter
         self.lease_id_getter = lease_id_getter
         self.checks_dir = checks_dir or default_checks_dir()
@@ -546,6 +679,8 @@ class Checker:
         if not lease or lease == self._dead_lease:
             return  # no lease yet, or etcd said it is gone: wait for a new one
         if lease != self._published_lease:
+            if not await self._claim(lease):
+                return
             for rk, st in self.states.items():
                 if st.state is not None and rk not in self._pending:
                     self._pending[rk] = st.value()
@@ -576,6 +711,25 @@ class Checker:
             self._backoff = 0.1
             self.writes += len(ops)
             metrics.health_writes.inc(len(ops))
+
+    async def _claim(self, lease: int) -> bool:
+        """Hold our name under ``lease`` before publishing under it."""
+        try:
+            await claim_name(self.store, self.ks, self.name, lease, self.role)
+        except CheckerNameInUse as e:
+            if str(e) != self._refused:
+                log.error("not publishing verdicts: %s", e)
+                self._refused = str(e)
+            return False
+        except EtcdError as e:
+            if isinstance(e, EtcdLeaseNotFound):
+                self._dead_lease = lease
+            log.warning("cannot register checker name %s yet: %s", self.name, e)
+            return False
+        if self._refused:
+            log.info("checker name %s is ours now; publishing verdicts", self.name)
+            self._refused = ""
+        return True
 
     # -- health events
 
@@ -776,6 +930,12 @@ async def run_standalone(
                     said = True
                 await asyncio.sleep(1.0)
         holder = _LeaseHolder(store, math.ceil(spec.election.lease_ttl))
+        holder.lease_id = (await store.grant(holder.ttl)).id
+        try:
+            await claim_name(store, keyspace, name, holder.lease_id, "worker")
+        except BaseException:
+            await asyncio.shield(holder.revoke())
+            raise
         current = spec
         checker = Checker(
             store,
@@ -784,6 +944,7 @@ async def run_standalone(
             lambda: current,
             lambda: holder.lease_id,
             checks_dir=checks_dir,
+            role="worker",
         )
         http: HTTPServer | None = None
         if listen is not None:

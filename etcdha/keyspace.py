@@ -7,6 +7,7 @@ Pure functions, no I/O. Every key lives under ``<prefix>/<cluster>/`` (prefix
     members/<node>
     leader/<group>
     health/<checker>/<service>/<real>
+    checkers/<checker>
     admin/standby/<node>
     admin/takeover/<group>
     admin/drain/<service>/<real>
@@ -299,6 +300,7 @@ class KeyKind(enum.StrEnum):
     DRAIN = "drain"
     STATUS_IPVS = "status_ipvs"
     EVENT = "event"
+    CHECKER = "checker"
 
 
 @dataclass(frozen=True)
@@ -306,7 +308,8 @@ class ParsedKey:
     """A classified key. ``parts`` by kind:
 
     config: (); member, standby: (node,); leader, takeover, status_ipvs: (group,);
-    health: (checker, service, real); drain: (service, real); event: (event_id,).
+    health: (checker, service, real); drain: (service, real); event: (event_id,);
+    checker: (checker,).
     Services and reals stay as segments; :attr:`service` and :attr:`real` parse them.
     """
 
@@ -341,6 +344,7 @@ _NAMED_KEYS: tuple[tuple[tuple[str, ...], KeyKind], ...] = (
     (("members", "*"), KeyKind.MEMBER),
     (("leader", "*"), KeyKind.LEADER),
     (("events", "*"), KeyKind.EVENT),
+    (("checkers", "*"), KeyKind.CHECKER),
     (("status", "*", "ipvs"), KeyKind.STATUS_IPVS),
     (("admin", "standby", "*"), KeyKind.STANDBY),
     (("admin", "takeover", "*"), KeyKind.TAKEOVER),
@@ -395,6 +399,13 @@ class Keyspace:
 
     def health(self, checker: str, service: str | ServiceId, real: str | RealId) -> str:
         return f"{self.health_prefix(checker)}{_service_text(service)}/{_real_text(real)}"
+
+    def checkers_prefix(self) -> str:
+        return f"{self.root}checkers/"
+
+    def checker(self, name: str) -> str:
+        """Who holds a checker name: one live checker per name (see docs/keyspace.md)."""
+        return self.checkers_prefix() + validate_name(name, "checker name")
 
     def admin_prefix(self) -> str:
         return f"{self.root}admin/"

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from etcdha.checker import default_checks_dir, run_standalone
+from etcdha.checker import CheckerNameInUse, default_checks_dir, run_standalone
 from etcdha.cli.common import EXIT_CODES_HELP, Conn, Exit, fail, run_async, with_conn
 from etcdha.keyspace import is_valid_name
 from etcdha.store import EtcdError, EtcdUnavailable
@@ -76,7 +76,9 @@ def start(
     """Probe the real servers of the stored config until SIGTERM.
 
     Verdicts are written only when they change; stopping revokes the worker's
-    lease, so its verdicts leave etcd with it.
+    lease, so its verdicts leave etcd with it. A name held by another live checker
+    (a worker or an agent, whose checker is named after its node) is refused with
+    exit code 1; one left by a crashed worker on this host is taken over.
     """
     checker = name or socket.gethostname().split(".")[0]
     if not is_valid_name(checker):
@@ -93,6 +95,8 @@ def start(
     _raise_fd_limit()
     try:
         run_async(_main(conn, checker, directory, where))
+    except CheckerNameInUse as e:
+        fail(f"refusing to start: {e}")
     except EtcdUnavailable as e:
         fail(f"etcd unreachable: {e}", Exit.UNREACHABLE)
     except EtcdError as e:
