@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from etcdha import __version__, metrics, network, resources
+from etcdha.agent_ipvs import IPVSDuties
 from etcdha.checker import Checker, freeze_gc
 from etcdha.election import GroupRunner, LeaseKeeper
 from etcdha.election_rules import Action, ClusterView, Leader, Member, decide
@@ -41,6 +42,8 @@ from etcdha.store import EtcdError, EtcdSettings, Op, Store, WatchCompacted
 from etcdha.view_sync import ViewSync
 
 log = logging.getLogger(__name__)
+
+KERNEL_CHECK = 30.0  # seconds between checks of the kernel settings IPVS needs
 
 
 @dataclass
@@ -74,6 +77,8 @@ class Agent:
         self.failsafe: Failsafe | None = None
         self.checker: Checker | None = None
         self._lease_timings: tuple[float, float, float] | None = None  # the lease's own
+        self.ipvs: IPVSDuties | None = None
+        self._kernel_checked = 0.0
 
     # -- start-up
 
@@ -101,6 +106,9 @@ class Agent:
             self._rebuild_runners()
             if self.checker is not None:
                 self.checker.update(loaded.spec)
+            self._kernel_checked = 0.0
+        if self.ipvs is not None:
+            self.ipvs.config_changed()
         self.wake.set()
 
     async def _wait_for_config(self, store: Store, sync: ViewSync) -> int:
@@ -135,6 +143,7 @@ class Agent:
             "holding": {name: r.held() for name, r in sorted(self.runners.items()) if r.active},
             "config_revision": self.config_revision,
             "started": self.started_at,
+            "kernel_settings": self.ipvs.member_data() if self.ipvs else [],
         }
 
     async def _register(self, store: Store) -> None:
@@ -183,6 +192,8 @@ class Agent:
             # Other directors may ask for failsafe confirmations from now on, even if
             # etcd goes away before the rest of the start-up is done.
             await self._start_failsafe()
+            self.ipvs = IPVSDuties(self.node, store, self.ks, self._term_of)
+            self.ipvs.install()
             self._rebuild_runners()
             await self._apply_pending()
             # Every agent checks the real servers too, under its own lease, so a
@@ -198,6 +209,7 @@ class Agent:
             freeze_gc()
             kvs, revision = await self._read_all()
             sync.load(kvs)
+            self.ipvs.load(kvs, revision)
             await self._remove_stale_addresses()
             await self.eligibility.refresh()
             http = HTTPServer(
@@ -221,6 +233,10 @@ class Agent:
                     tg.create_task(self.notifier.run(), name="notify")
                     tg.create_task(self.checker.run(), name="checker")
                     tg.create_task(self._reconcile_loop(), name="reconcile")
+                    tg.create_task(
+                        self.ipvs.run_inputs(lambda: (self.spec, self.config_revision)),
+                        name="ipvs-inputs",
+                    )
                     tg.create_task(self._stop_when_asked(), name="stop")
             except* _Stop:
                 pass
@@ -256,11 +272,16 @@ class Agent:
 
     async def _shutdown(self) -> None:
         if self.stop_mode == "restart":
+            # The IPVS table and its sync daemons stay, like the addresses.
             self.fence.close()
             return
         for runner in self.runners.values():
             if runner.term is not None or runner.active:
                 await runner.handover("the agent is shutting down")
+        if self.ipvs is not None:
+            # Standby copies stay in the kernel (warm for the next start); the
+            # backup sync daemon goes with the agent.
+            await self.ipvs.close(stop_daemons=True)
         with contextlib.suppress(EtcdError):
             await self.keeper.revoke()
         self.fence.close()
@@ -422,6 +443,8 @@ class Agent:
                 async for batch in self.store.watch_prefix(self.ks.root, revision + 1):
                     for event in batch.events:
                         sync.apply(event)
+                        if self.ipvs is not None:
+                            self.ipvs.apply(event, batch.revision)
                     revision = batch.revision
                     if batch.events:
                         self.eligibility.poke()
@@ -439,6 +462,8 @@ class Agent:
                 await asyncio.sleep(0.5)
             kvs, revision = await self._read_all()
             sync.load(kvs)
+            if self.ipvs is not None:
+                self.ipvs.load(kvs, revision)
             self.eligibility.poke()
             self.wake.set()
 
@@ -482,6 +507,18 @@ class Agent:
                         await runner.audit()
                     except resources.ResourceError as e:
                         log.error("group %s: %s", runner.name, e)
+            if self.ipvs is not None:
+                await self.ipvs.audit()
+                await self._check_kernel()
+
+    async def _check_kernel(self) -> None:
+        """The kernel settings the IPVS services need: at start, after a config
+        change, and every KERNEL_CHECK seconds (someone may change them)."""
+        if self.ipvs is None or time.monotonic() - self._kernel_checked < KERNEL_CHECK:
+            return
+        self._kernel_checked = time.monotonic()
+        await self.ipvs.check_kernel(self._spec())
+        await self._put_member()
 
     async def _reconcile_loop(self) -> None:
         while True:
@@ -560,6 +597,15 @@ class Agent:
                 await runner.deposed(d.reason)
         if {n: r.active for n, r in self.runners.items()} != holding_before:
             await self._put_member()
+        if self.ipvs is not None:
+            await self.ipvs.follow_roles(spec, {n: r.active for n, r in self.runners.items()})
+            await self._check_kernel()
+
+    def _term_of(self, group: str) -> int | None:
+        runner = self.runners.get(group)
+        if runner is None or runner.term is None:
+            return None
+        return runner.term.revision
 
     async def _activate(self, runner: GroupRunner, name: str) -> None:
         try:

@@ -186,7 +186,7 @@ class ScriptRuntime:
 
 
 # The IPVS table is a resource too; the IPVS module registers its factory here.
-IPVSFactory = Callable[[str], Resource]
+IPVSFactory = Callable[[str, IPVSResource, Node], Resource]
 _ipvs_factory: IPVSFactory | None = None
 
 
@@ -227,4 +227,4 @@ def build_one(group: str, spec: ResourceSpec, node: Node, announce: Announce) ->
         return AddressRuntime(spec, node, announce)
     if isinstance(spec, ScriptResource):
         return ScriptRuntime(spec)
-    return _ipvs_factory(group) if _ipvs_factory else _NoIPVS(group)
+    return _ipvs_factory(group, spec, node) if _ipvs_factory else _NoIPVS(group)

@@ -121,7 +121,8 @@ class Node(Model):
     name: Name
     interfaces: dict[str, str] = Field(
         default_factory=dict,
-        description="per-node interface overrides: address resource (ip/prefix) -> interface",
+        description="per-node interface overrides: address resource (ip/prefix) -> interface; "
+        "'sync' -> the IPVS sync daemon's interface",
     )
     peer: Endpoint | None = Field(
         None,
@@ -211,8 +212,36 @@ class AddressResource(Model):
     )
 
 
+class SyncDaemon(Model):
+    """The kernel's IPVS connection sync daemon (ipvsadm --start-daemon)."""
+
+    interface: str = Field(
+        description="where sync messages go (multicast 224.0.0.81), usually the link "
+        "between the directors; a node's own name for it can be given in its "
+        "interfaces: under the key 'sync'"
+    )
+    syncid: int = Field(
+        0, ge=0, le=255, description="tells this cluster's sync messages from others' (0-255)"
+    )
+
+
 class IPVSResource(Model):
     type: Literal["ipvs"] = "ipvs"
+    warm_copy: bool = Field(
+        True,
+        description="standbys keep the same table in their kernel, so a takeover only "
+        "moves addresses; false: only the leader has it (standbys delete it)",
+    )
+    sync_daemon: SyncDaemon | None = Field(
+        None,
+        description="run the connection sync daemon: master on the leader, backup on "
+        "standbys, swapped on failover, so established connections survive it",
+    )
+    manage_sysctls: bool = Field(
+        False,
+        description="set the kernel settings the services need (ip_forward for masq, "
+        "expire_nodest_conn, expire_quiescent_template); false: only report them",
+    )
 
 
 class ScriptResource(Model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any
 
 import typer
@@ -9,7 +10,11 @@ import typer
 from etcdha.cli.common import Conn, err, out_json, with_conn
 from etcdha.configdb import describe, parse_stored
 from etcdha.health import health_report
+from etcdha.ipvs.desired import plan
+from etcdha.ipvs.inputs import inputs_from_kvs
+from etcdha.ipvs.text import to_ipvsadm
 from etcdha.keyspace import KeyKind
+from etcdha.spec import ClusterSpec
 from etcdha.store import KeyValue, Store
 from etcdha.view_sync import json_object
 
@@ -30,6 +35,7 @@ def collect(kvs: list[KeyValue], conn: Conn, revision: int) -> dict[str, Any]:
         "malformed_keys": [],
     }
     last_acquired: dict[str, dict[str, Any]] = {}
+    applied: dict[str, dict[str, Any]] = {}
     spec = None
     for kv in kvs:
         parsed = ks.classify(kv.key)
@@ -65,6 +71,22 @@ def collect(kvs: list[KeyValue], conn: Conn, revision: int) -> dict[str, Any]:
                 "version": data.get("version"),
                 "started": data.get("started"),
                 "config_revision": data.get("config_revision"),
+                "kernel_settings": data.get("kernel_settings") or [],
+            }
+        elif parsed.kind is KeyKind.STATUS_IPVS and data is not None:
+            applied[parsed.name] = {
+                k: data.get(k)
+                for k in (
+                    "applied_at",
+                    "config_revision",
+                    "health_revision",
+                    "drain_revision",
+                    "services",
+                    "destinations",
+                    "fallback_active",
+                    "rules_sha256",
+                    "refused",
+                )
             }
         elif parsed.kind is KeyKind.STANDBY and data is not None:
             report["standby"][parsed.name] = data
@@ -79,7 +101,37 @@ def collect(kvs: list[KeyValue], conn: Conn, revision: int) -> dict[str, Any]:
             report["groups"].setdefault(group.name, {"leader": None})
     for name, info in report["groups"].items():
         info["last_change"] = last_acquired.get(name)
+    if spec is not None:
+        _ipvs_state(report, spec, applied, kvs, conn, revision)
     return report
+
+
+def _ipvs_state(
+    report: dict[str, Any],
+    spec: ClusterSpec,
+    applied: dict[str, dict[str, Any]],
+    kvs: list[KeyValue],
+    conn: Conn,
+    revision: int,
+) -> None:
+    """Per IPVS group: the table the leader last applied, the table desired now,
+    and whether they are the same rules."""
+    inputs = inputs_from_kvs(conn.keyspace, kvs, revision).inputs
+    for group in spec.groups:
+        if not any(r.type == "ipvs" for r in group.resources):
+            continue
+        table = plan(spec, group.name, inputs.verdicts, inputs.drains).table
+        desired = {
+            "services": len(table),
+            "destinations": table.dest_count,
+            "rules_sha256": hashlib.sha256(to_ipvsadm(table).encode()).hexdigest(),
+        }
+        done = applied.get(group.name)
+        report["groups"][group.name]["ipvs"] = {
+            "desired": desired,
+            "applied": done,
+            "in_sync": done is not None and done.get("rules_sha256") == desired["rules_sha256"],
+        }
 
 
 def _print(report: dict[str, Any]) -> None:
@@ -102,6 +154,9 @@ def _print(report: dict[str, Any]) -> None:
         last = g.get("last_change")
         if last:
             typer.echo(f"    last change {last['at']}: {last['node']} ({last['reason']})")
+        ipvs = g.get("ipvs")
+        if ipvs:
+            typer.echo("    " + _ipvs_line(ipvs))
     typer.echo("members:")
     for name, m in sorted(report["members"].items()):
         state = "eligible" if m["eligible"] else "NOT eligible"
@@ -109,6 +164,12 @@ def _print(report: dict[str, Any]) -> None:
         held = [a for addrs in (m.get("holding") or {}).values() for a in addrs]
         holds = f", holds {', '.join(held)}" if held else ""
         typer.echo(f"  {name}: {state}{why}{holds}")
+        for k in m.get("kernel_settings") or []:
+            need = "needs" if k.get("required") else "advised"
+            typer.echo(
+                f"    kernel: {k.get('setting')} is {k.get('actual')}, {need} "
+                f"{k.get('wanted')}: {k.get('why')}"
+            )
     for name, s in sorted(report["standby"].items()):
         if name not in report["members"]:
             typer.echo(f"  {name}: standby ({s.get('reason')}), not running")
@@ -128,6 +189,26 @@ def _print(report: dict[str, Any]) -> None:
             )
 
 
+def _ipvs_line(ipvs: dict[str, Any]) -> str:
+    d = ipvs["desired"]
+    want = f"ipvs: desired {d['services']} services, {d['destinations']} destinations"
+    a = ipvs.get("applied")
+    if not a:
+        return f"{want}; nothing applied by a leader yet"
+    if ipvs["in_sync"]:
+        state = f"applied at {a.get('applied_at')} (health revision {a.get('health_revision')})"
+    else:
+        state = (
+            f"NOT the table applied at {a.get('applied_at')} ({a.get('services')} services, "
+            f"{a.get('destinations')} destinations; being applied, or refused)"
+        )
+    refused = a.get("refused") or []
+    fallback = a.get("fallback_active") or []
+    extra = f"; fallback serving {', '.join(fallback)}" if fallback else ""
+    extra += f"; {len(refused)} changes refused by the kernel" if refused else ""
+    return f"{want}, {state}{extra}"
+
+
 @with_conn
 def status(
     as_json: Annotated[
@@ -135,8 +216,9 @@ def status(
         typer.Option(
             "--json",
             help="Stable JSON on stdout: cluster, prefix, revision, config, groups (leader, "
-            "term, since, lease, last_change), members (eligible, why, ping_ok, holding, "
-            "host, version, started, config_revision), standby, takeover, reals (per real "
+            "term, since, lease, last_change, ipvs: desired, applied, in_sync), members "
+            "(eligible, why, ping_ok, holding, host, version, started, config_revision, "
+            "kernel_settings), standby, takeover, reals (per real "
             "server: state, policy, reason, since, detail, each checker's view), "
             "unknown_keys, malformed_keys, health_problems.",
         ),

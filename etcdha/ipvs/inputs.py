@@ -11,6 +11,10 @@ range read, or a watched view of them) into :class:`~etcdha.ipvs.reconcile.Input
 - the ``admin/drain/`` keys.
 
 Malformed keys are skipped and reported, never fatal.
+
+:class:`InputsMirror` keeps those keys (config, health, leaders, drains) from
+an agent's full read and watch, so the agent can recompute the inputs after
+each change without reading etcd again.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from etcdha.configdb import parse_stored
 from etcdha.health import DOWN, UP, health_report
 from etcdha.ipvs.reconcile import Inputs
 from etcdha.keyspace import KeyKind, Keyspace
-from etcdha.store import KeyValue
+from etcdha.spec import ClusterSpec
+from etcdha.store import EventType, KeyValue, WatchEvent
 
 
 @dataclass
@@ -31,14 +36,20 @@ class ReadInputs:
     problems: list[str] = field(default_factory=list)
 
 
-def inputs_from_kvs(ks: Keyspace, kvs: Iterable[KeyValue], revision: int = 0) -> ReadInputs:
-    """Inputs from the cluster's keys; `revision` is the etcd revision they were read at."""
+def inputs_from_kvs(
+    ks: Keyspace,
+    kvs: Iterable[KeyValue],
+    revision: int = 0,
+    *,
+    spec: ClusterSpec | None = None,
+    config_revision: int = 0,
+) -> ReadInputs:
+    """Inputs from the cluster's keys; `revision` is the etcd revision they were read at.
+    `spec`: the config already parsed (its key among `kvs` is then not parsed again)."""
     kv_list = list(kvs)
     problems: list[str] = []
-    spec = None
-    config_revision = 0
     for kv in kv_list:
-        if kv.key == ks.config():
+        if spec is None and kv.key == ks.config():
             stored = parse_stored(kv, ks)
             config_revision = kv.mod_revision
             if stored.problem is not None:
@@ -61,3 +72,39 @@ def inputs_from_kvs(ks: Keyspace, kvs: Iterable[KeyValue], revision: int = 0) ->
     return ReadInputs(
         Inputs(spec, config_revision, verdicts, revision, frozenset(drains), revision), problems
     )
+
+
+RELEVANT = frozenset({KeyKind.CONFIG, KeyKind.HEALTH, KeyKind.LEADER, KeyKind.DRAIN})
+
+
+class InputsMirror:
+    """The keys the reconciler's inputs come from, kept from a read and a watch."""
+
+    def __init__(self, ks: Keyspace) -> None:
+        self.ks = ks
+        self.kvs: dict[str, KeyValue] = {}
+
+    def _relevant(self, key: str) -> bool:
+        parsed = self.ks.classify(key)
+        if parsed is not None:
+            return parsed.kind in RELEVANT
+        # Malformed keys under these prefixes are kept, to be reported.
+        return key.startswith((self.ks.health_prefix(), self.ks.drain_prefix()))
+
+    def load(self, kvs: Iterable[KeyValue]) -> None:
+        """Replace everything with a full read."""
+        self.kvs = {kv.key: kv for kv in kvs if self._relevant(kv.key)}
+
+    def apply(self, event: WatchEvent) -> bool:
+        """Follow one watch event; True if it changed an input key."""
+        key = event.kv.key
+        if not self._relevant(key):
+            return False
+        if event.type is EventType.PUT:
+            self.kvs[key] = event.kv
+        else:
+            self.kvs.pop(key, None)
+        return True
+
+    def snapshot(self) -> list[KeyValue]:
+        return list(self.kvs.values())

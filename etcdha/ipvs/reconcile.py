@@ -45,10 +45,11 @@ from etcdha.ipvs.desired import Plan, named_services, plan
 from etcdha.ipvs.diff import Op, OpKind, apply_ops, diff
 from etcdha.ipvs.model import ServiceKey, Table
 from etcdha.ipvs.netlink import IPVSError, NetlinkBackend, OpError
+from etcdha.ipvs.syncd import ensure_sync_daemon, stop_sync_daemon
 from etcdha.ipvs.text import to_ipvsadm, to_json
 from etcdha.keyspace import Keyspace
 from etcdha.resources import HeldAddress, ResourceError
-from etcdha.spec import ClusterSpec
+from etcdha.spec import ClusterSpec, IPVSResource, Node
 from etcdha.store import Compare, Store
 from etcdha.store import Op as StoreOp
 
@@ -78,6 +79,7 @@ class Feed:
         self.inputs = Inputs()
         self._listeners: set[asyncio.Event] = set()
         self._remembered: dict[str, set[ServiceKey]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
 
     def update(
         self,
@@ -115,6 +117,11 @@ class Feed:
     def _replace_remembered(self, group: str, keys: Iterable[ServiceKey]) -> None:
         self._remembered[group] = set(keys)
 
+    def lock(self, group: str) -> asyncio.Lock:
+        """One lock per group: the leader's table and a standby's copy of it in the
+        same agent never reconcile the same services at once."""
+        return self._locks.setdefault(group, asyncio.Lock())
+
     def listen(self) -> asyncio.Event:
         event = asyncio.Event()
         self._listeners.add(event)
@@ -151,6 +158,7 @@ async def reconcile(
     managed: Collection[ServiceKey] = (),
     *,
     believed: Table | None = None,
+    empty: bool = False,
 ) -> ReconcileResult:
     """Bring the kernel in line with the group's desired table; raises IPVSError
     when the kernel table cannot be read or written at all.
@@ -159,12 +167,17 @@ async def reconcile(
     result of our last reconcile); given, the kernel is not dumped first, which
     on a large table is most of the cost. A refused operation then means the
     belief was wrong: the caller reconciles again without it.
+
+    `empty`: want none of the group's services (a standby without a warm copy).
     """
     started = time.monotonic()
     if inputs.spec is None:
         return ReconcileResult(group, Plan(Table()), [], [], 0.0, inputs, Table(), False)
     # In a thread: a new large config takes a while to parse (health changes do not).
-    wanted = await asyncio.to_thread(plan, inputs.spec, group, inputs.verdicts, inputs.drains)
+    if empty:
+        wanted = Plan(Table())
+    else:
+        wanted = await asyncio.to_thread(plan, inputs.spec, group, inputs.verdicts, inputs.drains)
     keys = set(managed) | set(wanted.table.keys())
     dumped = believed is None
     if believed is None:
@@ -300,23 +313,32 @@ async def write_status(
 
 
 class IPVSTable:
-    """A group's `ipvs` resource."""
+    """A group's `ipvs` resource (role "leader"), or a standby's copy of it
+    (role "standby": no status, the backup sync daemon, and no table at all
+    when the config turns the warm copy off)."""
 
     def __init__(
         self,
         group: str,
         feed: Feed,
         *,
+        settings: IPVSResource | None = None,
+        sync_interface: str | None = None,
+        role: str = "leader",
         on_applied: AppliedHook | None = None,
         backend_factory: Callable[[], Backend] = NetlinkBackend,
     ) -> None:
         self.group = group
         self.feed = feed
+        self.settings = settings if settings is not None else IPVSResource()
+        daemon = self.settings.sync_daemon
+        self.sync_interface = sync_interface or (daemon.interface if daemon else None)
+        self.role = role
         self.on_applied = on_applied
         self.backend_factory = backend_factory
         self.backend: Backend | None = None
         self.last: ReconcileResult | None = None
-        self._lock = asyncio.Lock()
+        self._lock = feed.lock(group)
         self._task: asyncio.Task[None] | None = None
         self._event: asyncio.Event | None = None
         self._last_dump = 0.0  # monotonic time of the last reconcile that read the kernel
@@ -325,11 +347,16 @@ class IPVSTable:
         self._reported: tuple[Any, ...] | None = None
         self._refused: set[str] = set()
 
+    @property
+    def _empty(self) -> bool:
+        return self.role == "standby" and not self.settings.warm_copy
+
     def describe(self) -> str:
+        what = "ipvs table" if self.role == "leader" else "standby copy of the ipvs table"
         if self.last is None:
-            return f"ipvs table of group {self.group}"
+            return f"{what} of group {self.group}"
         t = self.last.table
-        return f"ipvs table of group {self.group} ({len(t)} services, {t.dest_count} destinations)"
+        return f"{what} of group {self.group} ({len(t)} services, {t.dest_count} destinations)"
 
     def fence_addresses(self) -> list[HeldAddress]:
         return []
@@ -363,7 +390,12 @@ class IPVSTable:
         managed = _managed(self.feed, self.group)
         try:
             result = await reconcile(
-                backend, self.group, self.feed.inputs, managed, believed=believed
+                backend,
+                self.group,
+                self.feed.inputs,
+                managed,
+                believed=believed,
+                empty=self._empty,
             )
         except (IPVSError, OSError) as e:
             metrics.ipvs_reconcile_errors.labels(self.group, "failed").inc()
@@ -396,7 +428,7 @@ class IPVSTable:
         return result
 
     async def _report(self, result: ReconcileResult) -> None:
-        if self.on_applied is None:
+        if self.on_applied is None or self.role != "leader":
             return
         i = result.inputs
         # The table follows from the inputs: same revisions, nothing changed,
@@ -419,7 +451,47 @@ class IPVSTable:
     async def start(self) -> None:
         await self.sync("start")
         self._event = self.feed.listen()
-        self._task = asyncio.create_task(self._follow(), name=f"ipvs {self.group}")
+        self._task = asyncio.create_task(self._follow(), name=f"ipvs {self.group} {self.role}")
+        await self._sync_daemon_role()
+
+    async def _sync_daemon_role(self) -> None:
+        """The leader runs the master sync daemon, a standby the backup one; the
+        other one stops first (a director that just changed role may run it)."""
+        daemon = self.settings.sync_daemon
+        if daemon is None or self.sync_interface is None:
+            return
+        mine, other = ("master", "backup") if self.role == "leader" else ("backup", "master")
+        try:
+            backend = await self._backend()
+            await stop_sync_daemon(other, backend)
+            if await ensure_sync_daemon(mine, self.sync_interface, daemon.syncid, backend=backend):
+                log.info(
+                    "group %s: IPVS connection sync daemon runs as %s on %s (syncid %d)",
+                    self.group,
+                    mine,
+                    self.sync_interface,
+                    daemon.syncid,
+                )
+        except (IPVSError, OSError, ResourceError) as e:
+            # Connections would not survive a takeover; the service itself still works.
+            metrics.ipvs_reconcile_errors.labels(self.group, "sync-daemon").inc()
+            log.error(
+                "group %s: cannot run the IPVS sync daemon as %s on %s: %s",
+                self.group,
+                mine,
+                self.sync_interface,
+                e,
+            )
+
+    async def stop_sync_daemon(self) -> None:
+        """Stop this role's sync daemon (the group is gone, or the agent is leaving)."""
+        if self.settings.sync_daemon is None or self.backend is None:
+            return
+        state = "master" if self.role == "leader" else "backup"
+        try:
+            await stop_sync_daemon(state, self.backend)
+        except (IPVSError, OSError) as e:
+            log.warning("group %s: cannot stop the %s sync daemon: %s", self.group, state, e)
 
     async def _follow(self) -> None:
         assert self._event is not None
@@ -454,9 +526,21 @@ class IPVSTable:
         if spec is not None and not named_services(spec, self.group):
             # The config gives this group no service any more: take ours away.
             await self.sync("stop")
+        if self.role == "leader":
+            # Whoever leads next runs the master; this director's standby copy
+            # starts the backup.
+            await self.stop_sync_daemon()
         if self.backend is not None:
             self.backend.close()
             self.backend = None
+
+
+def sync_interface(settings: IPVSResource, node: Node) -> str | None:
+    """The sync daemon's interface on this node: its own name under `sync` in the
+    node's interfaces, else the resource's."""
+    if settings.sync_daemon is None:
+        return None
+    return node.interfaces.get("sync", settings.sync_daemon.interface)
 
 
 def install(
@@ -469,7 +553,14 @@ def install(
     reconcile that changed something, `on_applied(group, payload)` is awaited
     (the agent writes it with write_status under the group's term)."""
 
-    def factory(group: str) -> resources.Resource:
-        return IPVSTable(group, feed, on_applied=on_applied, backend_factory=backend_factory)
+    def factory(group: str, settings: IPVSResource, node: Node) -> resources.Resource:
+        return IPVSTable(
+            group,
+            feed,
+            settings=settings,
+            sync_interface=sync_interface(settings, node),
+            on_applied=on_applied,
+            backend_factory=backend_factory,
+        )
 
     resources.register_ipvs(factory)

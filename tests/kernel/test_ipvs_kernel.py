@@ -18,3 +18,8 @@ def test_netlink_backend_and_reconciler_in_the_kernel() -> None:
 def test_traffic_through_the_vip_in_namespaces() -> None:
     result = run_inside("ipvs_traffic.py", args=["-s"])
     print(result.output)
+
+
+def test_agents_drive_the_ipvs_table_and_the_sync_daemon() -> None:
+    result = run_inside("agent_ipvs.py", args=["-s"], timeout=300)
+    print(result.output)
