@@ -121,6 +121,7 @@ class IPVSDuties:
                 health_revision=revision,
                 drains=i.drains,
                 drain_revision=revision,
+                weights=i.weights,
             )
 
     async def _applied(self, group: str, payload: dict[str, Any]) -> None:

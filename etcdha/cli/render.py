@@ -57,7 +57,7 @@ def render(
         if group is not None and group not in {g.name for g in spec.groups}:
             known = ", ".join(g.name for g in spec.groups) or "none"
             fail(f"no such group {group!r} (groups: {known})")
-        p = plan(spec, group, read.inputs.verdicts, read.inputs.drains)
+        p = plan(spec, group, read.inputs.verdicts, read.inputs.drains, read.inputs.weights)
         if format is RenderFormat.ipvsadm:
             typer.echo(to_ipvsadm(p.table), nl=False)
             return

@@ -120,7 +120,7 @@ def _ipvs_state(
     for group in spec.groups:
         if not any(r.type == "ipvs" for r in group.resources):
             continue
-        table = plan(spec, group.name, inputs.verdicts, inputs.drains).table
+        table = plan(spec, group.name, inputs.verdicts, inputs.drains, inputs.weights).table
         desired = {
             "services": len(table),
             "destinations": table.dest_count,

@@ -8,6 +8,9 @@ Inputs are kept plain so that any health aggregation can feed them:
   A real with no verdict is up: a real is taken out only once a checker says it
   is down (ldirectord also starts with every real in the table).
 - ``drains``: the (service segment, real segment) pairs under admin/drain/.
+- ``weights``: dynamic weights (external checks with keepalived's misc_dynamic
+  rule), same keys as verdicts; an up real with one gets it instead of its
+  configured weight (0 keeps it in the table without new connections).
 
 Rules, per virtual service of the group:
 
@@ -47,6 +50,7 @@ from etcdha.spec_types import expand_real, split_host_port
 log = logging.getLogger(__name__)
 
 Verdicts = Mapping[tuple[str, str], bool]
+Weights = Mapping[tuple[str, str], int]
 Drains = Collection[tuple[str, str]]
 
 
@@ -184,9 +188,11 @@ def plan(
     group: str | None,
     verdicts: Verdicts | None = None,
     drains: Drains | None = None,
+    weights: Weights | None = None,
 ) -> Plan:
     """The desired table, with the state of every real that led to it."""
     verdicts = verdicts or {}
+    weights = weights or {}
     drained_set = set(drains or ())
     result = Plan(Table())
     for cs in _compile(spec, group):
@@ -195,12 +201,12 @@ def plan(
         for rseg, configured in cs.reals:
             up = verdicts.get((cs.segment, rseg), True)
             drained = (cs.segment, rseg) in drained_set
-            weight: int | None = configured.weight
+            weight: int | None = weights.get((cs.segment, rseg), configured.weight)
             if not up:
                 weight = 0 if cs.quiescent else None
             elif drained:
                 weight = 0
-            else:
+            elif weight:
                 serving += 1
             if weight == configured.weight:
                 dests.append(configured)
@@ -219,9 +225,10 @@ def desired(
     group: str | None,
     verdicts: Verdicts | None = None,
     drains: Drains | None = None,
+    weights: Weights | None = None,
 ) -> Table:
     """The table `group` should have (every service in the spec for group None)."""
-    return plan(spec, group, verdicts, drains).table
+    return plan(spec, group, verdicts, drains, weights).table
 
 
 def named_services(spec: ClusterSpec, group: str | None) -> set[ServiceKey]:

@@ -56,12 +56,15 @@ def inputs_from_kvs(
                 problems.append(f"{kv.key}: the stored config is invalid: {stored.problem}")
             spec = stored.spec
     verdicts: dict[tuple[str, str], bool] = {}
+    weights: dict[tuple[str, str], int] = {}
     if spec is not None:
         reports, bad = health_report(ks, kv_list, spec)
         problems += bad
         for r in reports:
             if r.state in (UP, DOWN):
                 verdicts[(r.service, r.real)] = r.state == UP
+            if r.state == UP and r.weight is not None:
+                weights[(r.service, r.real)] = r.weight
     drains: set[tuple[str, str]] = set()
     for kv in kv_list:
         parsed = ks.classify(kv.key)
@@ -70,7 +73,8 @@ def inputs_from_kvs(
         elif kv.key.startswith(ks.drain_prefix()):
             problems.append(f"{kv.key}: not a drain key (admin/drain/<service>/<real>)")
     return ReadInputs(
-        Inputs(spec, config_revision, verdicts, revision, frozenset(drains), revision), problems
+        Inputs(spec, config_revision, verdicts, revision, frozenset(drains), revision, weights),
+        problems,
     )
 
 

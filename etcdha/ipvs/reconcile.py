@@ -70,6 +70,7 @@ class Inputs:
     health_revision: int = 0
     drains: frozenset[tuple[str, str]] = frozenset()
     drain_revision: int = 0
+    weights: Mapping[tuple[str, str], int] = field(default_factory=dict)  # dynamic ones
 
 
 class Feed:
@@ -90,6 +91,7 @@ class Feed:
         health_revision: int | None = None,
         drains: Collection[tuple[str, str]] | None = None,
         drain_revision: int | None = None,
+        weights: Mapping[tuple[str, str], int] | None = None,
     ) -> None:
         """Replace what is given (a whole new set of verdicts or drains, not a delta)
         and wake every IPVS resource. Verdicts: (service segment, real segment) ->
@@ -102,6 +104,7 @@ class Feed:
             health_revision if health_revision is not None else i.health_revision,
             frozenset(drains) if drains is not None else i.drains,
             drain_revision if drain_revision is not None else i.drain_revision,
+            dict(weights) if weights is not None else i.weights,
         )
         for event in self._listeners:
             event.set()
@@ -177,7 +180,9 @@ async def reconcile(
     if empty:
         wanted = Plan(Table())
     else:
-        wanted = await asyncio.to_thread(plan, inputs.spec, group, inputs.verdicts, inputs.drains)
+        wanted = await asyncio.to_thread(
+            plan, inputs.spec, group, inputs.verdicts, inputs.drains, inputs.weights
+        )
     keys = set(managed) | set(wanted.table.keys())
     dumped = believed is None
     if believed is None:

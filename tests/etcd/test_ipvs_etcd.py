@@ -93,7 +93,7 @@ async def test_inputs_follow_the_leaders_checker_and_drains(
     await put_json(store, ks.leader("lvs"), {"node": "node1"})
     await put_json(store, ks.health("node1", WEB, "198.51.100.12-80"), {"state": "down"})
     await put_json(store, ks.health("node2", WEB, "198.51.100.12-80"), {"state": "up"})
-    await put_json(store, ks.health("node1", WEB, "198.51.100.6-80"), {"state": "up"})
+    await put_json(store, ks.health("node1", WEB, "198.51.100.6-80"), {"state": "up", "weight": 5})
     await put_json(store, ks.drain(WEB, "198.51.100.6-80"), {"reason": "x"})
     await store.put(ks.drain_prefix() + "junk", b"{}")
     kvs, rev = await store.get_prefix(ks.root)
@@ -102,6 +102,7 @@ async def test_inputs_follow_the_leaders_checker_and_drains(
     assert i.spec is not None and i.config_revision > 0
     assert i.verdicts == {(WEB, "198.51.100.12-80"): False, (WEB, "198.51.100.6-80"): True}
     assert i.drains == {(WEB, "198.51.100.6-80")}
+    assert i.weights == {(WEB, "198.51.100.6-80"): 5}  # a dynamic weight (misc_dynamic)
     assert i.health_revision == rev
     assert any("junk" in p for p in read.problems)
 

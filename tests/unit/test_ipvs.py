@@ -121,6 +121,20 @@ def test_drained_real_gets_weight_zero_and_counts_as_not_serving() -> None:
     assert states == {RS1: (True, True, 0), RS2: (True, True, 0)}
 
 
+def test_dynamic_weights_replace_the_configured_one_while_up() -> None:
+    spec = load(SEED)
+    t = desired(spec, "lvs", {}, (), {(WEB, RS1): 7})
+    assert weights(t) == {"198.51.100.12:80": 7, "198.51.100.6:80": 1}
+    # a down real is quiesced whatever its last dynamic weight
+    t = desired(spec, "lvs", {(WEB, RS1): False}, (), {(WEB, RS1): 7})
+    assert weights(t)["198.51.100.12:80"] == 0
+    # weight 0 from the check keeps a real in without new connections; with every
+    # real at 0 nothing serves, so the fallback comes
+    p = plan(spec, "lvs", {}, (), {(WEB, RS1): 0, (WEB, RS2): 0})
+    assert weights(p.table) == {"198.51.100.12:80": 0, "198.51.100.6:80": 0, "127.0.0.1:80": 1}
+    assert p.fallback_active == [VIP]
+
+
 def test_ranges_thresholds_persistence_fwmark_ipv6_and_flags() -> None:
     spec = load(
         textwrap.dedent(

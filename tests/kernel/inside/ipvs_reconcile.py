@@ -12,7 +12,7 @@ from support import fresh_backend, in_uml, ipvsadm_save, sh
 from etcdha import metrics
 from etcdha.ipvs import OpKind, ServiceKey, desired, parse_ipvsadm
 from etcdha.ipvs.reconcile import Feed, IPVSTable, warm_copy
-from etcdha.spec import ClusterSpec
+from etcdha.spec import ClusterSpec, IPVSResource
 from etcdha.spec_load import load_text
 
 pytestmark = in_uml
@@ -231,3 +231,26 @@ async def test_refused_change_is_reported_once_and_the_rest_applied() -> None:
             assert table._refused
         finally:
             await table.stop()
+
+
+async def test_standby_copy_keeps_the_table_or_removes_it_when_warm_copy_is_off() -> None:
+    with fresh_backend():
+        sh("ipvsadm", "-A", "-t", "203.0.113.9:25", "-s", "wlc")
+        sh("ipvsadm", "-a", "-t", "203.0.113.9:25", "-r", "203.0.113.10:25", "-m", "-w", "3")
+        feed = Feed()
+        spec = load(SPEC)
+        feed.update(spec=spec)
+        warm = IPVSTable("lvs", feed, settings=IPVSResource(), role="standby")
+        await warm.start()
+        try:
+            have, want = kernel_ours(feed)
+            assert have == want and len(have) == 3
+        finally:
+            await warm.stop()
+        cold = IPVSTable("lvs", feed, settings=IPVSResource(warm_copy=False), role="standby")
+        await cold.start()
+        try:
+            # the group's services go, a foreign one stays
+            assert parse_ipvsadm(ipvsadm_save()) == parse_ipvsadm(FOREIGN_RULES)
+        finally:
+            await cold.stop()
