@@ -192,7 +192,9 @@ class Agent:
             # Other directors may ask for failsafe confirmations from now on, even if
             # etcd goes away before the rest of the start-up is done.
             await self._start_failsafe()
-            self.ipvs = IPVSDuties(self.node, store, self.ks, self._term_of)
+            self.ipvs = IPVSDuties(
+                self.node, store, self.ks, self._term_of, lambda: self.keeper.lease_id
+            )
             self.ipvs.install()
             self._rebuild_runners()
             await self._apply_pending()

@@ -138,6 +138,12 @@ _compiled: dict[tuple[int, str | None], tuple[ClusterSpec, list[_CompiledService
 _COMPILED_KEEP = 8
 
 
+def is_compiled(spec: ClusterSpec, group: str | None) -> bool:
+    """True when planning this spec again is cheap (its addresses are parsed)."""
+    hit = _compiled.get((id(spec), group))
+    return hit is not None and hit[0] is spec
+
+
 def _compile(spec: ClusterSpec, group: str | None) -> list[_CompiledService]:
     """What does not depend on health: parsed once per spec (a large config's
     addresses take seconds to parse on a slow machine, a health change must not)."""

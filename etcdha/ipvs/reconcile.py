@@ -41,7 +41,7 @@ from typing import Any
 
 from etcdha import metrics, resources
 from etcdha.events import now_rfc3339
-from etcdha.ipvs.desired import Plan, named_services, plan
+from etcdha.ipvs.desired import Plan, is_compiled, named_services, plan
 from etcdha.ipvs.diff import Op, OpKind, apply_ops, diff
 from etcdha.ipvs.model import ServiceKey, Table
 from etcdha.ipvs.netlink import IPVSError, NetlinkBackend, OpError
@@ -55,7 +55,9 @@ from etcdha.store import Op as StoreOp
 
 log = logging.getLogger(__name__)
 
-DEBOUNCE = 0.02  # seconds: changes arriving together make one reconcile
+DEBOUNCE = 0.0  # a yield: changes already queued make one reconcile (more that
+# arrive while it runs make the next one)
+INLINE_OPS = 64  # fewer kernel changes than this are sent from the loop, not a thread
 MIN_RESYNC = 1.0  # seconds between audit resyncs, at least
 RESYNC_FACTOR = 20  # ... and at least this many times the last reconcile's duration
 STATUS_TABLE_LIMIT = 512 * 1024  # bytes of JSON: larger tables go to status as a digest
@@ -180,9 +182,13 @@ async def reconcile(
     if empty:
         wanted = Plan(Table())
     else:
-        wanted = await asyncio.to_thread(
-            plan, inputs.spec, group, inputs.verdicts, inputs.drains, inputs.weights
-        )
+        args = (inputs.spec, group, inputs.verdicts, inputs.drains, inputs.weights)
+        # A health change on a compiled spec takes a moment; a new config's first
+        # plan can take seconds: that one goes to a thread.
+        if is_compiled(inputs.spec, group):
+            wanted = plan(*args)
+        else:
+            wanted = await asyncio.to_thread(plan, *args)
     keys = set(managed) | set(wanted.table.keys())
     dumped = believed is None
     if believed is None:
@@ -190,7 +196,10 @@ async def reconcile(
     else:
         current = believed.only(keys)
     ops = diff(current, wanted.table, keys)
-    errors = await asyncio.to_thread(backend.apply, ops) if ops else []
+    if len(ops) < INLINE_OPS:
+        errors = backend.apply(ops) if ops else []  # one send and its ack: microseconds
+    else:
+        errors = await asyncio.to_thread(backend.apply, ops)
     duration = time.monotonic() - started
     metrics.ipvs_reconcile_duration.labels(group).observe(duration)
     metrics.ipvs_desired_services.labels(group).set(len(wanted.table))
