@@ -21,7 +21,9 @@ starting from the same kernel state:
    and against one ipvsadm process per edit (how ldirectord changes a weight),
    on a sample;
 4. reading the whole table: our dump against `ipvsadm-save -n`;
-5. the pure-Python parts on a table this size: desired() from a spec, diff().
+5. the pure-Python parts on a table this size: desired() from a spec, diff();
+6. one health change from the etcd write to the kernel, through the agent's
+   path (bench/ipvs_latency.py, which also runs on its own).
 
     .venv/bin/python bench/ipvs.py            # boots UML, prints the figures
 """
@@ -249,6 +251,10 @@ def inside() -> None:
     print(f"  diff() of two such tables: {took_diff:.3f} s")
     b.flush()
     b.close()
+    print("6. ", end="")
+    import ipvs_latency  # bench/ is this script's directory
+
+    ipvs_latency.inside(50, [1, 1000])
 
 
 def main() -> int:
