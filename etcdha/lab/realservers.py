@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import socket
 import ssl
 import struct
 from collections.abc import Iterable
@@ -253,11 +254,22 @@ async def start_dns(
     """A DNS server on a free UDP port, with a TCP listener on the same port."""
     server = DNSServer(records=dict(records or {}))
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(
-        lambda: _DNSProtocol(server), local_addr=(host, 0)
-    )
+    for _ in range(20):
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _DNSProtocol(server), local_addr=(host, 0)
+        )
+        port = transport.get_extra_info("sockname")[1]
+        # The same TCP port may be taken by another program: then pick another.
+        probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        try:
+            probe.bind((host, port))
+            break
+        except OSError:
+            transport.close()
+        finally:
+            probe.close()
     server.transport = transport
-    server.port = transport.get_extra_info("sockname")[1]
+    server.port = port
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
