@@ -6,13 +6,17 @@ separate process so that its CPU is not the checker's). For each N it prints
 the checks per second done, the checker's CPU (share of one core), its RSS
 and the schedule slip (p50 / p99 / max). Nothing is published (no lease).
 
-Part 2: 100 reals at a 1 s interval, publishing to a local etcd member; one
-real is made to fail (HTTP 503) and come back ROUNDS times, at a random phase
-of its interval; prints the time from the change on the server to the
+Part 2 (on the standard loop): 100 reals at a 1 s interval, publishing to a
+local etcd member; one real is made to fail (HTTP 503) and come back ROUNDS
+times, at a random phase of its interval; prints the time from the change on the server to the
 verdict's watch event in etcd (expected: half the interval on average, plus
 the check and the write).
 
     .venv/bin/python bench/checks.py [N ...]   (default: 1000 2000 5000 10000; 0: part 2 only)
+
+In part 1 both the checker and the servers run on uvloop when it is
+installed, as `etcdha checker start` does; ETCDHA_UVLOOP=0 runs both on the
+standard loop.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from etcdha.checker import Checker, freeze_gc
+from etcdha.checker import Checker, freeze_gc, loop_factory
 from etcdha.keyspace import Keyspace
 from etcdha.lab.etcd_process import EtcdProcess
 from etcdha.lab.realservers import HTTPBehaviour, start_http
@@ -40,15 +44,29 @@ DURATION = 20.0
 WARMUP = 3.0
 ROUNDS = 20
 
+# The real servers: one listener per real, a fixed answer, on uvloop when it is
+# installed (the lab's servers are richer and cost the machine more CPU).
 SERVER = """
 import asyncio, resource, sys
-from etcdha.lab.realservers import start_http
+from etcdha.checker import loop_factory
 resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+ANSWER = b"HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\nConnection: close\\r\\n\\r\\nok\\n"
+class Answer(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.seen = transport, b""
+    def data_received(self, data):
+        self.seen += data
+        if b"\\r\\n\\r\\n" in self.seen:
+            self.transport.write(ANSWER)
+            self.transport.close()
 async def main():
-    srv = await start_http(ports=[0] * int(sys.argv[1]))
-    print(" ".join(map(str, srv.ports)), flush=True)
+    loop = asyncio.get_running_loop()
+    servers = [await loop.create_server(Answer, "127.0.0.1", 0, backlog=1024)
+               for _ in range(int(sys.argv[1]))]
+    print(" ".join(str(s.sockets[0].getsockname()[1]) for s in servers), flush=True)
     await asyncio.Event().wait()
-asyncio.run(main())
+with asyncio.Runner(loop_factory=loop_factory()) as runner:
+    runner.run(main())
 """
 
 
@@ -176,7 +194,11 @@ async def time_to_etcd() -> list[float]:
 async def main(sizes: list[int]) -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    print(f"HTTP negotiate, new connection per check, 1 s interval, {DURATION:g} s per size")
+    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    print(
+        f"HTTP negotiate, new connection per check, 1 s interval, {DURATION:g} s per size,"
+        f" {loop} event loop, {os.cpu_count()} CPUs"
+    )
     print(
         f"{'reals':>6} {'checks/s':>9} {'cpu':>6} {'srv cpu':>8} {'rss MiB':>8} "
         f"{'slip p50':>9} {'p99':>8} {'max':>8} {'up':>6}"
@@ -189,6 +211,9 @@ async def main(sizes: list[int]) -> None:
             f"{r['slip_max_ms']:>6.0f}ms {r['up']:>6.0f}",
             flush=True,
         )
+
+
+async def part2() -> None:
     times = await time_to_etcd()
     print(
         f"\nfailure/recovery on a real -> verdict's watch event in etcd ({len(times)} rounds, "
@@ -198,4 +223,8 @@ async def main(sizes: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main([int(a) for a in sys.argv[1:]] or [1000, 2000, 5000, 10000]))
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(main([int(a) for a in sys.argv[1:]] or [1000, 2000, 5000, 10000]))
+    # The standard loop: part 2 serves its reals with the lab's servers, which
+    # are written for asyncio's own transports.
+    asyncio.run(part2())

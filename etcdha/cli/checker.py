@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from etcdha.checker import CheckerNameInUse, default_checks_dir, run_standalone
-from etcdha.cli.common import EXIT_CODES_HELP, Conn, Exit, fail, run_async, with_conn
+from etcdha.checker import CheckerNameInUse, default_checks_dir, loop_factory, run_standalone
+from etcdha.cli.common import EXIT_CODES_HELP, Conn, Exit, fail, with_conn
 from etcdha.keyspace import is_valid_name
 from etcdha.store import EtcdError, EtcdUnavailable
 
@@ -79,6 +79,9 @@ def start(
     lease, so its verdicts leave etcd with it. A name held by another live checker
     (a worker or an agent, whose checker is named after its node) is refused with
     exit code 1; one left by a crashed worker on this host is taken over.
+
+    It runs on uvloop's event loop when uvloop is installed (ETCDHA_UVLOOP=0:
+    the standard loop).
     """
     checker = name or socket.gethostname().split(".")[0]
     if not is_valid_name(checker):
@@ -94,7 +97,8 @@ def start(
         fail(f"--checks-dir: {directory} is not a directory", Exit.USAGE)
     _raise_fd_limit()
     try:
-        run_async(_main(conn, checker, directory, where))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(_main(conn, checker, directory, where))
     except CheckerNameInUse as e:
         fail(f"refusing to start: {e}")
     except EtcdUnavailable as e:
