@@ -19,7 +19,9 @@ owns everything around them:
   when that revision is gone.
 
 Keys are ``str`` (UTF-8; undecodable bytes survive as surrogate escapes), values
-``bytes``.
+``bytes``. The errors, the connection settings and the data types live in
+etcd_errors, etcd_settings and etcd_types; this module re-exports them, so
+callers import everything from here.
 """
 
 from __future__ import annotations
@@ -27,16 +29,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import enum
-import ipaddress
 import logging
-import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -50,7 +47,46 @@ from tenacity import (
     wait_exponential,
 )
 
+from etcdha.etcd_errors import (
+    EtcdAuthError,
+    EtcdError,
+    EtcdLeaseNotFound,
+    EtcdUnavailable,
+    WatchCompacted,
+    _Retryable,
+    _TokenInvalid,
+)
+from etcdha.etcd_settings import (
+    DEFAULT_ENDPOINT,
+    DEFAULT_PORT,
+    Endpoint,
+    EtcdSettings,
+    _read_password,
+    _read_tls_files,
+    parse_endpoint,
+    parse_endpoints,
+)
+from etcdha.etcd_types import (
+    Compare,
+    EndpointStatus,
+    EventType,
+    KeepaliveResult,
+    KeyValue,
+    Lease,
+    Op,
+    OpResult,
+    TxnResult,
+    WatchBatch,
+    WatchEvent,
+    _event,
+    _kb,
+    _kv,
+    _op_result,
+)
+
 __all__ = [
+    "DEFAULT_ENDPOINT",
+    "DEFAULT_PORT",
     "Compare",
     "Endpoint",
     "EndpointStatus",
@@ -77,405 +113,6 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-DEFAULT_PORT = 2379
-DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
-
-# ---------------------------------------------------------------------------
-# errors
-
-
-class EtcdError(Exception):
-    """Any failure talking to etcd."""
-
-
-class EtcdUnavailable(EtcdError):
-    """No endpoint answered within the timeout.
-
-    ``maybe_committed`` is True when a write was sent but its answer was lost:
-    it may or may not have been applied, so re-read before deciding.
-    """
-
-    def __init__(self, message: str, *, maybe_committed: bool = False) -> None:
-        super().__init__(message)
-        self.maybe_committed = maybe_committed
-
-
-class EtcdAuthError(EtcdError):
-    """Authentication failed (wrong user or password) or permission denied."""
-
-
-class EtcdLeaseNotFound(EtcdError):
-    """The lease named in a request does not exist (expired or revoked)."""
-
-
-class WatchCompacted(EtcdError):
-    """The watch's start revision was compacted: re-read with get_prefix, then watch again."""
-
-    def __init__(self, compact_revision: int) -> None:
-        super().__init__(
-            f"the watched revision was compacted (oldest available: {compact_revision})"
-        )
-        self.compact_revision = compact_revision
-
-
-class _Retryable(EtcdUnavailable):
-    """Internal: a failure that the retry loop may try again (on another endpoint)."""
-
-
-class _TokenInvalid(EtcdError):
-    """Internal: etcd rejected the auth token; authenticate again and retry."""
-
-
-# ---------------------------------------------------------------------------
-# endpoints and settings
-
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\Z")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One parsed endpoint; ``scheme`` is None when the URL had none."""
-
-    scheme: str | None
-    host: str
-    port: int
-
-    @property
-    def target(self) -> str:
-        """The gRPC target (its DNS resolver also takes IP literals)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    def __str__(self) -> str:
-        return f"{self.scheme}://{self.target}" if self.scheme else self.target
-
-
-def parse_endpoint(text: str) -> Endpoint:
-    """Parse ``[http://|https://]host[:port]``; IPv6 literals in brackets. Port defaults to 2379."""
-    raw = text.strip()
-    if not raw:
-        raise ValueError("empty etcd endpoint")
-    scheme: str | None = None
-    rest = raw
-    if "://" in raw:
-        scheme, _, rest = raw.partition("://")
-        scheme = scheme.lower()
-        if scheme not in ("http", "https"):
-            raise ValueError(
-                f"etcd endpoint {raw!r}: unsupported scheme {scheme!r} (use http:// or https://)"
-            )
-    rest = rest.rstrip("/")
-    if any(c in rest for c in "/?#@ "):
-        raise ValueError(f"etcd endpoint {raw!r}: expected [scheme://]host[:port], nothing more")
-    port_text = ""
-    if rest.startswith("["):
-        close = rest.find("]")
-        if close < 0:
-            raise ValueError(f"etcd endpoint {raw!r}: missing ']' after the IPv6 address")
-        host, tail = rest[1:close], rest[close + 1 :]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"etcd endpoint {raw!r}: {host!r} is not an IPv6 address") from None
-        if tail:
-            if not tail.startswith(":"):
-                raise ValueError(f"etcd endpoint {raw!r}: expected ':port' after ']'")
-            port_text = tail[1:]
-    else:
-        if rest.count(":") > 1:
-            raise ValueError(
-                f"etcd endpoint {raw!r}: write IPv6 addresses in brackets, e.g. [::1]:2379"
-            )
-        host, sep, port_text = rest.partition(":")
-        if sep and not port_text:
-            raise ValueError(f"etcd endpoint {raw!r}: empty port")
-        if not host:
-            raise ValueError(f"etcd endpoint {raw!r}: missing host")
-        if not _HOSTNAME_RE.match(host):
-            raise ValueError(f"etcd endpoint {raw!r}: {host!r} is not a valid host name")
-    port = DEFAULT_PORT
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"etcd endpoint {raw!r}: port must be a number from 1 to 65535")
-        port = int(port_text)
-    return Endpoint(scheme, host, port)
-
-
-def parse_endpoints(text: str) -> tuple[str, ...]:
-    """Parse a comma-separated endpoint list (etcdctl's --endpoints form) into normalized URLs."""
-    items = [item.strip() for item in text.split(",")]
-    if not text.strip():
-        raise ValueError("no etcd endpoint given")
-    if any(not item for item in items):
-        raise ValueError(f"empty entry in etcd endpoint list {text!r}")
-    result: list[str] = []
-    for item in items:
-        normalized = str(parse_endpoint(item))
-        if normalized in result:
-            raise ValueError(f"etcd endpoint {item!r} is listed twice")
-        result.append(normalized)
-    return tuple(result)
-
-
-@dataclass(frozen=True)
-class EtcdSettings:
-    """How to reach etcd. Field names follow etcdctl's flags.
-
-    ``endpoints``: URLs such as ``http://127.0.0.1:2379``, ``https://etcd1:2379`` or
-    ``[::1]:2379``; an endpoint without a scheme uses TLS when ``cacert`` or
-    ``cert`` is set. ``user`` is ``name`` (password read from ``password_file``)
-    or etcdctl's ``name:password``. Timeouts are in seconds: ``dial_timeout``
-    bounds connecting, ``request_timeout`` each request including retries.
-    """
-
-    endpoints: tuple[str, ...] = (DEFAULT_ENDPOINT,)
-    cacert: str | Path | None = None
-    cert: str | Path | None = None
-    key: str | Path | None = None
-    user: str | None = field(default=None, repr=False)
-    password_file: str | Path | None = None
-    dial_timeout: float = 2.0
-    request_timeout: float = 5.0
-    keepalive_time: float = 6.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.endpoints, str):
-            raise TypeError("EtcdSettings.endpoints is a tuple; use parse_endpoints() for a string")
-        if not self.endpoints:
-            raise ValueError("no etcd endpoint given")
-        for endpoint in self.endpoints:
-            parse_endpoint(endpoint)
-        if (self.cert is None) != (self.key is None):
-            raise ValueError("a client certificate needs both cert and key")
-        if self.password_file is not None and not self.user:
-            raise ValueError("password_file needs a user")
-        if self.dial_timeout <= 0 or self.request_timeout <= 0:
-            raise ValueError("timeouts must be positive")
-        # etcd refuses gRPC pings more often than every 5 s (--grpc-keepalive-min-time).
-        if self.keepalive_time < 5:
-            raise ValueError("keepalive_time must be at least 5 seconds")
-
-    def parsed_endpoints(self) -> list[Endpoint]:
-        return [parse_endpoint(e) for e in self.endpoints]
-
-
-# ---------------------------------------------------------------------------
-# data types
-
-
-@dataclass(frozen=True)
-class KeyValue:
-    key: str
-    value: bytes
-    create_revision: int
-    mod_revision: int
-    version: int
-    lease: int
-
-
-@dataclass(frozen=True)
-class Lease:
-    id: int
-    ttl: int
-
-
-@dataclass(frozen=True)
-class KeepaliveResult:
-    """Answer to one keepalive. ``ttl <= 0``: the lease is gone.
-
-    ``sent_at_monotonic`` is ``time.monotonic()`` taken just before the request
-    was written, so ``sent_at_monotonic + ttl`` never exceeds the true expiry.
-    """
-
-    ttl: int
-    sent_at_monotonic: float
-
-
-class EventType(enum.Enum):
-    PUT = "PUT"
-    DELETE = "DELETE"
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    type: EventType
-    kv: KeyValue
-    prev_kv: KeyValue | None = None
-
-
-@dataclass(frozen=True)
-class WatchBatch:
-    """Events of one watch response (empty for a progress notification).
-
-    ``revision``: every change under the watched prefix up to this revision
-    has been delivered.
-    """
-
-    events: tuple[WatchEvent, ...]
-    revision: int
-
-
-@dataclass(frozen=True)
-class EndpointStatus:
-    endpoint: str
-    version: str
-    member_id: int
-    leader: int
-    revision: int
-    raft_term: int
-    db_size: int
-
-
-CompareTarget = Literal["value", "version", "create_revision", "mod_revision", "lease"]
-CompareOp = Literal["==", "!=", "<", ">"]
-
-_COMPARE_RESULT = {"==": 0, ">": 1, "<": 2, "!=": 3}
-_COMPARE_TARGET = {"version": 0, "create_revision": 1, "mod_revision": 2, "value": 3, "lease": 4}
-
-
-def _kb(key: str) -> bytes:
-    return key.encode("utf-8", "surrogateescape")
-
-
-def _ks(key: bytes) -> str:
-    return key.decode("utf-8", "surrogateescape")
-
-
-@dataclass(frozen=True)
-class Compare:
-    """One txn guard, e.g. ``Compare.create_revision(key, "==", 0)``."""
-
-    key: str
-    target: CompareTarget
-    op: CompareOp
-    operand: bytes | int
-
-    @classmethod
-    def value(cls, key: str, op: CompareOp, value: bytes) -> Compare:
-        return cls(key, "value", op, value)
-
-    @classmethod
-    def version(cls, key: str, op: CompareOp, version: int) -> Compare:
-        return cls(key, "version", op, version)
-
-    @classmethod
-    def create_revision(cls, key: str, op: CompareOp, revision: int) -> Compare:
-        return cls(key, "create_revision", op, revision)
-
-    @classmethod
-    def mod_revision(cls, key: str, op: CompareOp, revision: int) -> Compare:
-        return cls(key, "mod_revision", op, revision)
-
-    @classmethod
-    def lease(cls, key: str, op: CompareOp, lease_id: int) -> Compare:
-        return cls(key, "lease", op, lease_id)
-
-    def to_protobuf(self) -> Any:
-        if self.op not in _COMPARE_RESULT or self.target not in _COMPARE_TARGET:
-            raise ValueError(f"bad comparison {self.target} {self.op}")
-        msg = pb.Compare(key=_kb(self.key), result=_COMPARE_RESULT[self.op])
-        msg.target = _COMPARE_TARGET[self.target]
-        if self.target == "value":
-            if not isinstance(self.operand, bytes):
-                raise TypeError("a value comparison takes bytes")
-            msg.value = self.operand
-        else:
-            if not isinstance(self.operand, int) or isinstance(self.operand, bool):
-                raise TypeError(f"a {self.target} comparison takes an int")
-            setattr(msg, self.target, self.operand)
-        return msg
-
-
-@dataclass(frozen=True)
-class Op:
-    """One txn operation: ``Op.put``, ``Op.delete``, ``Op.get``, ``Op.delete_range``, ..."""
-
-    kind: Literal["put", "delete", "get"]
-    key: str
-    value: bytes = b""
-    lease: int = 0
-    range_end: bytes = b""
-
-    @classmethod
-    def put(cls, key: str, value: bytes, lease: int = 0) -> Op:
-        return cls("put", key, value=value, lease=lease)
-
-    @classmethod
-    def delete(cls, key: str) -> Op:
-        return cls("delete", key)
-
-    @classmethod
-    def delete_range(cls, key: str, range_end: str | bytes) -> Op:
-        end = range_end if isinstance(range_end, bytes) else _kb(range_end)
-        return cls("delete", key, range_end=end)
-
-    @classmethod
-    def delete_prefix(cls, prefix: str) -> Op:
-        return cls("delete", prefix, range_end=prefix_range_end(_kb(prefix)))
-
-    @classmethod
-    def get(cls, key: str) -> Op:
-        return cls("get", key)
-
-    @classmethod
-    def get_prefix(cls, prefix: str) -> Op:
-        return cls("get", prefix, range_end=prefix_range_end(_kb(prefix)))
-
-    def to_protobuf(self) -> Any:
-        if self.kind == "put":
-            return pb.RequestOp(
-                request_put=pb.PutRequest(key=_kb(self.key), value=self.value, lease=self.lease)
-            )
-        if self.kind == "delete":
-            return pb.RequestOp(
-                request_delete_range=pb.DeleteRangeRequest(
-                    key=_kb(self.key), range_end=self.range_end
-                )
-            )
-        if self.kind == "get":
-            return pb.RequestOp(
-                request_range=pb.RangeRequest(key=_kb(self.key), range_end=self.range_end)
-            )
-        raise ValueError(f"unknown op kind {self.kind!r}")
-
-
-@dataclass(frozen=True)
-class OpResult:
-    """Result of one txn operation: ``kvs`` for a get, ``deleted`` for a delete."""
-
-    kind: Literal["put", "delete", "get"]
-    kvs: list[KeyValue] = field(default_factory=list)
-    deleted: int = 0
-
-
-@dataclass(frozen=True)
-class TxnResult:
-    succeeded: bool
-    revision: int
-    responses: list[OpResult]
-
-
-def _kv(msg: Any) -> KeyValue:
-    return KeyValue(
-        key=_ks(msg.key),
-        value=bytes(msg.value),
-        create_revision=int(msg.create_revision),
-        mod_revision=int(msg.mod_revision),
-        version=int(msg.version),
-        lease=int(msg.lease),
-    )
-
-
-def _op_result(msg: Any) -> OpResult:
-    which = msg.WhichOneof("response")
-    if which == "response_range":
-        return OpResult("get", kvs=[_kv(kv) for kv in msg.response_range.kvs])
-    if which == "response_delete_range":
-        return OpResult("delete", deleted=int(msg.response_delete_range.deleted))
-    if which == "response_put":
-        return OpResult("put")
-    raise EtcdError(f"unexpected txn response {which!r}")
 
 
 # ---------------------------------------------------------------------------
@@ -1274,31 +911,3 @@ class Store:
         if "no leader" in low or not reason:
             return _Retryable(f"watch canceled by {conn.endpoint}: {reason or 'no reason'}")
         return EtcdError(f"watch canceled by {conn.endpoint}: {reason}")
-
-
-def _event(msg: Any) -> WatchEvent:
-    prev = _kv(msg.prev_kv) if msg.HasField("prev_kv") else None
-    etype = EventType.DELETE if int(msg.type) == 1 else EventType.PUT
-    return WatchEvent(type=etype, kv=_kv(msg.kv), prev_kv=prev)
-
-
-def _read_tls_files(
-    s: EtcdSettings,
-) -> tuple[bytes | None, bytes | None, bytes | None]:
-    def read(path: str | Path | None, what: str) -> bytes | None:
-        if path is None:
-            return None
-        try:
-            return Path(path).read_bytes()
-        except OSError as exc:
-            raise EtcdError(f"cannot read the {what} {path}: {exc.strerror}") from None
-
-    return read(s.cacert, "CA certificate"), read(s.cert, "certificate"), read(s.key, "key")
-
-
-def _read_password(path: str | Path) -> str:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise EtcdError(f"cannot read the password file {path}: {exc.strerror}") from None
-    return text.rstrip("\r\n")
