@@ -115,6 +115,10 @@ LeaseGetter = Callable[[], int]
 
 JITTER = 0.05
 FIRST_SPREAD = 1.0  # seconds over which the first checks of all reals are spread
+# Checks due this close to now start together: timers fire up to a clock tick
+# early (uvloop's are in whole milliseconds), and without this window the
+# dispatcher woke several times per check only to find nothing due yet.
+DISPATCH_AHEAD = 0.002
 TXN_OPS = 64
 PORTLESS_PROBES = {"ping", "on", "off", "none", "external"}
 _NEVER = 10**9
@@ -492,6 +496,7 @@ class Checker:
         self._epochs: dict[RealKey, int] = {}
         self._inflight: dict[RealKey, asyncio.Task[None]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # cached: looked up per check
         self._timer_at = math.inf
         self._pending: dict[RealKey, bytes | None] = {}
         self._wake = asyncio.Event()
@@ -560,6 +565,7 @@ class Checker:
         """Check and publish until cancelled; cancelling stops every probe."""
         if not self.states:
             self.update(self.spec_getter())
+        self._loop = asyncio.get_running_loop()
         self._running = True
         try:
             for rk in self.states:
@@ -593,7 +599,8 @@ class Checker:
 
     def _schedule_first(self, rk: RealKey) -> None:
         interval = self.states[rk].job.interval
-        due = asyncio.get_running_loop().time() + random.uniform(0, min(interval, FIRST_SPREAD))
+        loop = self._loop or asyncio.get_running_loop()
+        due = loop.time() + random.uniform(0, min(interval, FIRST_SPREAD))
         self._push(rk, due)
 
     def _push(self, rk: RealKey, due: float) -> None:
@@ -611,16 +618,16 @@ class Checker:
     def _arm(self, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_at(when, self._dispatch)
+        self._timer = (self._loop or asyncio.get_running_loop()).call_at(when, self._dispatch)
         self._timer_at = when
 
     def _dispatch(self) -> None:
         """Start every check that is due, then sleep until the next one."""
         self._timer, self._timer_at = None, math.inf
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        loop = self._loop or asyncio.get_running_loop()
+        horizon = loop.time() + DISPATCH_AHEAD
         heap = self._heap
-        while heap and heap[0][0] <= now:
+        while heap and heap[0][0] <= horizon:
             due, _, rk, epoch = heapq.heappop(heap)
             if epoch != self._epochs.get(rk, 0) or rk not in self.states or rk in self._inflight:
                 continue
@@ -629,7 +636,7 @@ class Checker:
             self._arm(heap[0][0])
 
     async def _run_check(self, rk: RealKey, st: RealState, due: float) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         epoch = self._epochs.get(rk, 0)
         try:
             async with self.semaphore:
@@ -675,7 +682,7 @@ class Checker:
             )
             self._pending[job.key] = st.value()
             self._wake.set()
-        _set_state_metrics(st)
+            _set_state_metrics(st)  # gauges change only with the verdict
 
     # -- publishing
 
