@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from etcdha import __version__, logs
-from etcdha.cli import admin, agent, checker, config, drain, render, status
+from etcdha.cli import admin, agent, checker, config, drain, lab, render, status
 from etcdha.cli.common import EXIT_CODES_HELP
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app = typer.Typer(
 app.add_typer(config.app, name="config")
 app.add_typer(agent.app, name="agent")
 app.add_typer(checker.app, name="checker")
+app.add_typer(lab.app, name="lab")
 app.command("status")(status.status)
 app.command("standby")(admin.standby)
 app.command("online")(admin.online)

@@ -33,6 +33,7 @@ Every exit path stops the UML process group and removes the run directory.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import shlex
@@ -42,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,7 +116,13 @@ def _tmp_setup(paths: Sequence[str]) -> str:
 
 
 def _init_script(
-    rundir: Path, payload_cmd: str, timeout: float, modules: Sequence[str], python: str, cwd: str
+    rundir: Path,
+    payload_cmd: str,
+    timeout: float,
+    modules: Sequence[str],
+    python: str,
+    cwd: str,
+    interactive: bool = False,
 ) -> str:
     q = shlex.quote
     io = GUEST_IO
@@ -151,13 +158,19 @@ step {kmod} {" ".join(q(m) for m in modules)}
 . {io}/env.sh
 cd {q(cwd)} || echo "init: cannot cd to {cwd}" >&2
 mkdir -p {io}/files
-timeout -k 5 {timeout:g} {payload_cmd} >{io}/output 2>&1 </dev/null
+{_payload_line(io, payload_cmd, timeout, interactive)}
 echo $? > {io}/status.tmp
 sync
 mv {io}/status.tmp {io}/status
 sync
 halt -f >/dev/null 2>&1 || poweroff -f >/dev/null 2>&1
 """
+
+
+def _payload_line(io: str, payload_cmd: str, timeout: float, interactive: bool) -> str:
+    if interactive:  # on the console, which is the host's terminal
+        return f"timeout -k 5 {timeout:g} {payload_cmd} </dev/console >/dev/console 2>&1"
+    return f"timeout -k 5 {timeout:g} {payload_cmd} >{io}/output 2>&1 </dev/null"
 
 
 def run_in_uml(
@@ -169,10 +182,17 @@ def run_in_uml(
     cwd: str | os.PathLike[str] = PROJECT_ROOT,
     mem: str = "1G",
     python: str = sys.executable,
+    on_output: Callable[[str], None] | None = None,
+    interactive: bool = False,
 ) -> UmlResult:
     """Boot UML, run `payload` inside (argv, or a shell script's text), return its
     exit status and combined stdout/stderr. `timeout` bounds the payload; the
-    boot gets BOOT_ALLOWANCE on top. Raises UmlError if the kernel died first."""
+    boot gets BOOT_ALLOWANCE on top. Raises UmlError if the kernel died first.
+
+    `on_output`, if given, is called with each new piece of the payload's output
+    while it runs (the guest writes it through hostfs; see :func:`_follow`).
+    `interactive` gives the payload the guest's console, which is this process's
+    stdin and stdout (the output is then not collected)."""
     reason = unavailable()
     if reason:
         raise UmlError(reason)
@@ -207,7 +227,7 @@ def run_in_uml(
             "".join(f"export {k}={shlex.quote(v)}\n" for k, v in guest_env.items())
         )
         init = rundir / "init.sh"
-        init.write_text(_init_script(rundir, cmd, timeout, modules, python, str(cwd)))
+        init.write_text(_init_script(rundir, cmd, timeout, modules, python, str(cwd), interactive))
         init.chmod(0o755)
         umid = rundir.name
         argv = [
@@ -218,7 +238,7 @@ def run_in_uml(
             "rootflags=/",
             "ro",
             "con=null",
-            "con0=null,fd:2",
+            "con0=fd:0,fd:1" if interactive else "con0=null,fd:2",
             "ssl=null",
             "quiet",
             f"umid={umid}",
@@ -229,20 +249,51 @@ def run_in_uml(
         with open(rundir / "console.log", "wb") as console:
             proc = subprocess.Popen(
                 argv,
-                stdin=subprocess.DEVNULL,
-                stdout=console,
+                stdin=None if interactive else subprocess.DEVNULL,
+                stdout=None if interactive else console,
                 stderr=console,
                 start_new_session=True,
                 env=host_env,
                 cwd="/",
             )
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout + BOOT_ALLOWANCE)
+            if on_output is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout + BOOT_ALLOWANCE)
+            else:
+                _follow(proc, rundir / "output", timeout + BOOT_ALLOWANCE, on_output)
         return _collect(rundir, time.monotonic() - start, killed=proc.poll() is None)
     finally:
         if proc is not None:
             _stop(proc)
         shutil.rmtree(rundir, ignore_errors=True)
+
+
+def _follow(
+    proc: subprocess.Popen[bytes], path: Path, timeout: float, on_output: Callable[[str], None]
+) -> None:
+    """Hand on what the guest appends to `path` until the kernel stops or `timeout`."""
+    deadline = time.monotonic() + timeout
+    offset = 0
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def drain() -> None:
+        nonlocal offset
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except OSError:
+            return
+        offset += len(data)
+        text = decoder.decode(data)
+        if text:
+            on_output(text)
+
+    while proc.poll() is None and time.monotonic() < deadline:
+        drain()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(0.1)
+    drain()
 
 
 def _collect(rundir: Path, elapsed: float, *, killed: bool) -> UmlResult:
