@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# The main job: installs what it needs (scripts/setup.sh), starts a throwaway
-# etcd on a free loopback port with its data on tmpfs, imports the
-# Heartbeat/ldirectord reference setup of examples/heartbeat-ldirectord/ with
-# `etcdha config import`, applies it with `etcdha config apply` and prints
-# `etcdha config show`. etcd is stopped and its data removed on every exit path.
-# (The steps live in etcdha/lab/seed_import.py; the full failover lab comes later.)
+# The main job: installs what it needs (scripts/setup.sh), then runs `etcdha lab run`:
+# the Heartbeat + ldirectord reference setup of examples/heartbeat-ldirectord/ in
+# network namespaces, imported with `etcdha config import` and applied to a fresh
+# etcd, two agents, a client probing the VIP every 10 ms, and the whole failover
+# scenario, with a live timeline and each client-side gap. On a kernel without
+# IPVS the lab runs itself inside user-mode-linux and says so.
+#
+# The report and the chart land in the directory this is run from:
+# etcdha-lab-report.json and etcdha-lab-chart.svg. Extra arguments go to
+# `etcdha lab run` (see `--help`).
 set -euo pipefail
+out=$PWD
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
+# user-mode-linux keeps its run directory under TMPDIR: a directory of this run,
+# so that the trap can stop a guest left running if the lab itself is killed.
 if [ -d /dev/shm ] && [ -w /dev/shm ]; then
     workdir=$(mktemp -d /dev/shm/etcdha-lab.XXXXXX)
 else
@@ -19,19 +26,14 @@ child=
 cleanup() {
     local code=$?
     trap - EXIT INT TERM HUP
-    # The Python step cleans up after itself; this covers it being killed outright
-    # (its session also holds the etcdha commands it runs; etcd has a session of its own).
     if [ -n "$child" ]; then
         kill -TERM -- "-$child" 2>/dev/null || true
         wait "$child" 2>/dev/null || true
     fi
-    if [ -s "$workdir/etcd.pid" ]; then
-        pid=$(cat "$workdir/etcd.pid")
-        # Only the etcd this run started: its command line names our work directory.
-        if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF "$workdir"; then
-            kill -TERM "$pid" 2>/dev/null || true
-        fi
-    fi
+    # Only processes of this run: their command line names our work directory.
+    for pid in $(pgrep -f -- "$workdir" 2>/dev/null || true); do
+        kill -KILL "$pid" 2>/dev/null || true
+    done
     rm -rf "$workdir"
     exit "$code"
 }
@@ -41,7 +43,8 @@ trap 'exit 143' TERM
 trap 'exit 129' HUP
 
 # In a session of its own, in the background and waited for: a signal to this
-# shell runs the trap at once, and the trap reaches everything the step started.
-setsid .venv/bin/python -m etcdha.lab.seed_import --workdir "$workdir" &
+# shell runs the trap at once, and the trap reaches everything the lab started.
+TMPDIR=$workdir setsid .venv/bin/python -m etcdha lab run \
+    --report "$out/etcdha-lab-report.json" --chart "$out/etcdha-lab-chart.svg" "$@" &
 child=$!
 wait "$child"
