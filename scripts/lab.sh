@@ -16,11 +16,8 @@ bash scripts/setup.sh
 
 # user-mode-linux keeps its run directory under TMPDIR: a directory of this run,
 # so that the trap can stop a guest left running if the lab itself is killed.
-if [ -d /dev/shm ] && [ -w /dev/shm ]; then
-    workdir=$(mktemp -d /dev/shm/etcdha-lab.XXXXXX)
-else
-    workdir=$(mktemp -d)
-fi
+# Not on /dev/shm: the guest has a /dev of its own and would not find its init there.
+workdir=$(mktemp -d "${TMPDIR:-/tmp}/etcdha-lab.XXXXXX")
 child=
 
 cleanup() {

@@ -49,6 +49,9 @@ def _run_cancellable(coro: Coroutine[Any, Any, T]) -> T:
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("etcdha lab: interrupted; everything it started is removed.", file=sys.stderr)
         raise typer.Exit(130) from None
+    except (RuntimeError, OSError) as e:  # a step that could not be done at all
+        print(f"etcdha lab: stopped: {e}; everything it started is removed.", file=sys.stderr)
+        raise typer.Exit(1) from None
 
 
 def _say_uml(reason: str) -> None:

@@ -410,14 +410,14 @@ class LabRun:
             "requests that all got what they should."
         )
         self.say(
-            f"  {'step':<20} {'holder':<7} {'the client got, once settled':<30} "
+            f"  {'step':<24} {'holder':<7} {'the client got, once settled':<30} "
             f"{'gap':>7} {'failed':>6} {'settled':>8}  result"
         )
         for r in rec.results:
             seen = ", ".join(f"{k} {v}" for k, v in sorted(r.client.items()))
             settled = f"{r.settled - r.started:7.2f}s" if r.settled is not None else "   never"
             self.say(
-                f"  {r.step.title:<20} {'+'.join(r.vip) or '-':<7} {seen:<30} "
+                f"  {r.step.title:<24} {'+'.join(r.vip) or '-':<7} {seen:<30} "
                 f"{r.gap:>6.3f}s {r.failed:>6} {settled}  {'ok' if r.ok else 'NOT AS EXPECTED'}"
             )
         outcomes = Counter(r.outcome for r in rec.requests)
