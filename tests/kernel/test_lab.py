@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -202,3 +203,40 @@ def test_ctrl_c_leaves_nothing_behind() -> None:
     assert "netns: 0" in out
     assert "processes: 0" in out
     assert "shm: 0" in out
+
+
+def test_ctrl_c_on_the_host_stops_user_mode_linux_and_removes_its_files(
+    tmp_path: Path,
+) -> None:
+    need_uml()
+    if launch.why_not_here() is None:
+        pytest.skip("this kernel runs the lab directly")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # where user-mode-linux keeps its run
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "etcdha", "lab", "run"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        cwd=uml.PROJECT_ROOT,
+    )  # fmt: skip
+    seen = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if "Building the seed topology" in line:  # the guest is up and working
+                break
+        running = [p for p in tmp_path.iterdir() if p.name.startswith("etcdha-uml-")]
+        assert len(running) == 1, seen
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, "".join(seen) + rest
+    assert "interrupted; user-mode-linux is stopped" in rest
+    assert list(tmp_path.iterdir()) == []
+    # no process of that run is left (their command lines name its directory)
+    leftovers = subprocess.run(
+        ["pgrep", "-f", str(running[0])], capture_output=True, text=True, check=False
+    )
+    assert leftovers.stdout.strip() == ""
