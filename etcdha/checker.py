@@ -776,6 +776,9 @@ class Checker:
         """One event for the transitions gathered so far, if the rate limit allows."""
         if not self._transitions:
             return
+        if self._refused:  # the name is another checker's: its events are not ours to write
+            self._transitions, self._unlisted, self._counts = [], 0, {"down": 0, "up": 0}
+            return
         now = time.monotonic()
         self._tokens = min(
             float(self.event_burst), self._tokens + (now - self._tokens_at) / self.event_every
