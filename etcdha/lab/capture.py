@@ -21,6 +21,7 @@ from etcdha.lab.nsock import in_netns
 
 ETH_P_IP = 0x0800
 SO_ATTACH_FILTER = 26
+SO_TIMESTAMPNS = 35  # SCM_TIMESTAMPNS: the kernel's receive time, as a timespec
 
 
 def syn_filter(client: str, port: int) -> list[tuple[int, int, int, int]]:
@@ -58,20 +59,26 @@ class SynCapture:
         self._code = ctypes.create_string_buffer(code)  # must outlive the socket
         fprog = struct.pack("HL", len(program), ctypes.addressof(self._code))
         self._sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self._sock.bind((ifname, 0))
         self._sock.settimeout(0.2)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        space = socket.CMSG_SPACE(struct.calcsize("qq"))
         while not self._stop.is_set():
             try:
-                frame = self._sock.recv(128)
+                frame, ancillary, _, _ = self._sock.recvmsg(128, space)
             except TimeoutError:
                 continue
             except OSError:
                 return
             t = time.time()
+            for level, kind, data in ancillary:  # when the frame arrived, not when read
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                    sec, nsec = struct.unpack("qq", data[: struct.calcsize("qq")])
+                    t = sec + nsec / 1e9
             if len(frame) < 38:
                 continue
             ihl = (frame[14] & 0x0F) * 4

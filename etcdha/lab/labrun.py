@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from etcdha.lab.capture import SynCapture
 from etcdha.lab.directors import DirectorLab, etcdha_argv
@@ -157,8 +158,8 @@ class LabRun:
         self.say(f"  {done.stderr.strip().splitlines()[-1]}")
         self.say(f"$ etcdha config apply cluster.yaml --endpoints {lab.endpoints}")
         applied = await asyncio.to_thread(lab.etcdha, "config", "apply", str(spec))
-        said = (applied.stdout.strip() or applied.stderr.strip()).splitlines()
-        self.say("  " + (said[0] if said else "applied"))
+        said = [line for line in applied.stderr.splitlines() if line.startswith("applied ")]
+        self.say("  " + (said[-1] if said else "applied"))
         rec.lease_ttl = float(opts.deadtime)
 
         seed = lab.seed
@@ -323,18 +324,23 @@ class LabRun:
         client_state = ""
         while True:
             await asyncio.sleep(0.025)
+            batch: list[tuple[float, str]] = []
             for h in self.sampler.changes[seen_holdings:]:
-                self.event(h.t, f"VIP: {'+'.join(h.vip) or '-'}   DIP: {'+'.join(h.dip) or '-'}")
+                batch.append(
+                    (h.t, f"VIP: {'+'.join(h.vip) or '-'}   DIP: {'+'.join(h.dip) or '-'}")
+                )
             seen_holdings = len(self.sampler.changes)
             for c in self.watch.changes[seen_leaders:]:
-                self.event(c.t, f"leader in etcd: {c.leader or '-'}")
+                batch.append((c.t, f"leader in etcd: {c.leader or '-'}"))
             seen_leaders = len(self.watch.changes)
             recent = self.feed.requests[-10:]
             if recent:
                 state = " ".join(sorted({r.outcome for r in recent}))
                 if state != client_state:
                     client_state = state
-                    self.event(recent[-1].done, f"client gets: {state}")
+                    batch.append((recent[-1].done, f"client gets: {state}"))
+            for t, text in sorted(batch):
+                self.event(t, text)
 
     # -- the whole run
 
@@ -469,7 +475,6 @@ async def run_shell(options: LabOptions, command: list[str] | None, say: Say = _
             "LAB_RS1": ns("rs1"),
             "LAB_RS2": ns("rs2"),
             "LAB_ETCD": ns("etcd"),
-            "PS1": "(etcdha lab) \\w# ",
         }
         etcdha = f"{sys.executable} -m etcdha"
         tries = [
@@ -489,6 +494,10 @@ async def run_shell(options: LabOptions, command: list[str] | None, say: Say = _
         for node, agent in lab.agents.items():
             say(f"  less {agent.log_path}    ({node}'s agent log)")
         if command:
+            if Path(command[0]).name == "bash":  # a prompt that says where you are
+                rc = lab.work / "bashrc"
+                rc.write_text('[ -f ~/.bashrc ] && . ~/.bashrc\nPS1="(etcdha lab) $PS1"\n')
+                command = [command[0], "--rcfile", str(rc), *command[1:]]
             say(f"Starting {command[0]}; leave it (exit or Ctrl-D) to remove the lab.")
             proc = await asyncio.create_subprocess_exec(*command, env=env)
             return await proc.wait()

@@ -7,8 +7,10 @@ writes the report and the chart. The checks below recompute each step's
 observation from the report's raw timeline (what the client got, who held
 the VIP, who led in etcd), rather than trusting its verdicts.
 
-A second boot interrupts a run with Ctrl-C (SIGINT) inside the guest and
-checks that nothing of it is left: namespaces, processes, files.
+A second boot explores `etcdha lab shell` as its output suggests, then stops
+it, and interrupts a run with Ctrl-C (SIGINT) inside the guest: nothing of
+either may be left (namespaces, processes, files). A third interrupts a run
+on the host.
 """
 
 from __future__ import annotations
@@ -170,39 +172,62 @@ def test_the_chart_draws_the_lanes_and_the_steps(
     assert {"#1f77b4", "#ff7f0e", "#2ca02c", "#17becf", "#9467bd", "#d62728"} <= colours
 
 
-# Job control on: a background job of a non-interactive shell would ignore SIGINT.
+# In one boot: `etcdha lab shell --wait` (curl and ipvsadm as its output says,
+# then SIGTERM), and `etcdha lab run` interrupted with SIGINT once the client
+# runs; after each, nothing of it may be left. Job control is on, because a
+# background job of a non-interactive shell ignores SIGINT.
 INTERRUPT = r"""
 set -u -m
-before=$(ls /dev/shm | grep -c etcdha || true)
 python=$ETCDHA_UML_PYTHON
+before=$(ls /dev/shm | grep -c etcdha || true)
+left() {
+    echo "$1 netns: $(ip netns list | wc -l)"
+    echo "$1 processes: $(ps -eo comm,args | grep -E '^etcd |-m etcdha' | grep -vc grep)"
+    echo "$1 shm: $(( $(ls /dev/shm | grep -c etcdha || true) - before ))"
+}
+wait_for() {
+    for i in $(seq 1 900); do grep -q "$1" "$2" && return 0; sleep 0.1; done
+    return 1
+}
+
+$python -m etcdha lab shell --wait > /run/shell.out 2>&1 &
+pid=$!
+wait_for "Waiting; Ctrl-C" /run/shell.out && echo "shell: up"
+eval "$(grep -o 'ip netns exec [^ ]*-client curl -s http://[0-9.]*/' /run/shell.out)" \
+    > /run/page.html && echo "shell: curl $(grep -o '<h1>[a-z0-9]*</h1>' /run/page.html)"
+eval "$(grep -o 'ip netns exec [^ ]*-node1 ipvsadm -Ln' /run/shell.out)" \
+    | grep -q "192.0.2.200:80 rr" && echo "shell: ipvsadm shows the service"
+kill -TERM $pid
+wait $pid
+echo "shell: status $?"
+tail -1 /run/shell.out
+left shell
+
 $python -m etcdha lab run > /run/lab.out 2>&1 &
 pid=$!
-for i in $(seq 1 600); do
-    grep -q "step 1/8" /run/lab.out && break
-    sleep 0.1
-done
-echo "reached: $(grep -c "step 1/8" /run/lab.out)"
+wait_for "step 1/8" /run/lab.out && echo "run: reached step 1"
 kill -INT $pid
 wait $pid
-echo "status $?"
-tail -3 /run/lab.out
-echo "netns: $(ip netns list | wc -l)"
-echo "processes: $(ps -eo comm,args | grep -E '^etcd |-m etcdha' | grep -vc grep)"
-echo "shm: $(( $(ls /dev/shm | grep -c etcdha || true) - before ))"
+echo "run: status $?"
+tail -2 /run/lab.out
+left run
 """
 
 
-def test_ctrl_c_leaves_nothing_behind() -> None:
+def test_shell_and_ctrl_c_leave_nothing_behind() -> None:
     need_uml()
-    result = uml.run_in_uml(INTERRUPT, timeout=240, mem="1536M")
+    result = uml.run_in_uml(INTERRUPT, timeout=300, mem="1536M")
     out = result.output
     print(out)
     assert result.code == 0, out
-    assert "reached: 1" in out
-    assert "status 130" in out
-    assert "netns: 0" in out
-    assert "processes: 0" in out
-    assert "shm: 0" in out
+    assert "shell: up" in out
+    assert "shell: curl <h1>rs1</h1>" in out or "shell: curl <h1>rs2</h1>" in out
+    assert "shell: ipvsadm shows the service" in out
+    assert "run: reached step 1" in out
+    for what in ("shell", "run"):
+        assert f"{what}: status 130" in out
+        for line in (f"{what} netns: 0", f"{what} processes: 0", f"{what} shm: 0"):
+            assert line in out, line
 
 
 def test_ctrl_c_on_the_host_stops_user_mode_linux_and_removes_its_files(
