@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -20,7 +23,7 @@ import pytest
 from etcdha import probes
 from etcdha.checker import Checker
 from etcdha.keyspace import Keyspace
-from etcdha.lab.realservers import HTTPBehaviour, HTTPServers, start_http
+from etcdha.lab.realservers import HTTPBehaviour, HTTPServers, start_http, start_line_server
 from etcdha.probes import Target
 from etcdha.spec import Check, ClusterSpec
 from etcdha.store import EtcdSettings, Store
@@ -44,8 +47,13 @@ class ServerThread:
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
 
-    def http(self, behaviour: HTTPBehaviour | None = None, count: int = 1) -> HTTPServers:
-        return self.call(start_http(ports=[0] * count, behaviour=behaviour))
+    def http(
+        self,
+        behaviour: HTTPBehaviour | None = None,
+        count: int = 1,
+        tls: ssl.SSLContext | None = None,
+    ) -> HTTPServers:
+        return self.call(start_http(ports=[0] * count, behaviour=behaviour, tls=tls))
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -59,8 +67,10 @@ def servers() -> Iterator[ServerThread]:
     opened: list[HTTPServers] = []
     original = st.http
 
-    def tracked(behaviour: HTTPBehaviour | None = None, count: int = 1) -> HTTPServers:
-        srv = original(behaviour, count)
+    def tracked(
+        behaviour: HTTPBehaviour | None = None, count: int = 1, tls: ssl.SSLContext | None = None
+    ) -> HTTPServers:
+        srv = original(behaviour, count, tls)
         opened.append(srv)
         return srv
 
@@ -178,3 +188,41 @@ def test_garbage_servers_never_delay_other_checks_on_uvloop(servers: ServerThrea
     for s in bad:
         st = states[f"127.0.0.1-{s.ports[0]}"]
         assert st.state == "down", (s.behaviour.mode, st.detail)
+
+
+def test_https_on_uvloop(servers: ServerThread, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "ec"),
+            *("-pkeyopt", "ec_paramgen_curve:prime256v1"),
+            *("-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1"),
+            *("-subj", "/CN=www.example.org", "-addext", "subjectAltName=DNS:www.example.org"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    b = HTTPBehaviour(body=b"secure ok")
+    port = servers.http(b, tls=ctx).ports[0]
+    plain_server, _ = servers.call(start_line_server(b"HTTP/1.1 400 Bad Request\r\n\r\n"))
+    plain = plain_server.sockets[0].getsockname()[1]
+
+    async def run() -> None:
+        r = await probes.run("https", target(port, check=Check(service="https"), receive="ok"))
+        assert r.ok, r
+        vhost = Check(service="https", virtualhost="www.example.org")
+        assert (await probes.run("https", target(port, check=vhost))).ok
+        assert b.hosts[-1] == "www.example.org"
+        strict = Check(service="https", virtualhost="www.example.org", verify_tls=True)
+        r = await probes.run("https", target(port, check=strict))
+        assert not r.ok and "CERTIFICATE_VERIFY_FAILED" in r.detail, r
+        # A server that answers plain HTTP to a TLS hello.
+        r = await probes.run("https", target(plain, check=Check(service="https")))
+        assert not r.ok and r.detail.startswith("TLS handshake failed"), r
+
+    try:
+        on_uvloop(run())
+    finally:
+        servers.loop.call_soon_threadsafe(plain_server.close)
