@@ -1010,6 +1010,12 @@ async def run_standalone(
 
         checker.update(current)
         freeze_gc()
+        log.info(
+            "checker %s: %d real servers, %s event loop",
+            name,
+            len(checker.states),
+            type(asyncio.get_running_loop()).__module__.split(".")[0],
+        )
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(holder.run(), name="lease")
