@@ -40,6 +40,7 @@ from etcdha.lab.topology import format_address_map
 from etcdha.lab.webservers import WebServer, fallback_server, real_server
 
 SEED_DEADTIME = 30
+NODEST = "net.ipv4.vs.expire_nodest_conn"
 SETTLED_RUN = 30  # consecutive requests with the expected outcome: the step has settled
 
 
@@ -181,6 +182,16 @@ class LabRun:
             seed.ns("etcd"), lab.endpoints, f"/etcdha/{lab.cluster}/leader/", lab.tls_args()
         )
         await self.watch.start()
+        # IPVS keeps a connection entry per client port; a half-open one (a SYN of
+        # the handover window whose answer went astray) outlives the handover, and
+        # a new SYN reusing its port goes to that entry's real server even at
+        # weight 0. This makes IPVS schedule such a SYN afresh instead.
+        for node in seed.nodes:
+            await asyncio.to_thread(seed.topology.sysctl, node, NODEST, 1)
+        self.say(
+            f"Both directors: {NODEST}=1 (a reused client port is scheduled afresh "
+            "rather than sent to the real server of an old entry at weight 0)."
+        )
         await self.start_agents()
         if not client:
             return
@@ -391,7 +402,7 @@ class LabRun:
                 sorted(self.feed.requests, key=lambda r: r.sent), syns, self.macs
             )
         for capture in self.captures:
-            capture.close()
+            await asyncio.to_thread(capture.close)
         if self.sampler is not None:
             await self.sampler.stop()
             rec.holdings = [(h.t, h.vip, h.dip) for h in self.sampler.changes]

@@ -103,9 +103,16 @@ def build_report(rec: LabRecord) -> dict[str, Any]:
         "timeline": {
             "holdings": [[_t(rec, t), list(v), list(d)] for t, v, d in rec.holdings],
             "leaders": [[_t(rec, t), leader] for t, leader in rec.leaders],
-            "requests_columns": ["sent", "done", "outcome", "director", "taken"],
+            "requests_columns": ["sent", "done", "outcome", "director", "taken", "port"],
             "requests": [
-                [_t(rec, r.sent), _t(rec, r.done), r.outcome, r.director, _t(rec, r.taken)]
+                [
+                    _t(rec, r.sent),
+                    _t(rec, r.done),
+                    r.outcome,
+                    r.director,
+                    _t(rec, r.taken),
+                    r.port,
+                ]
                 for r in rec.requests
             ],
         },
