@@ -24,7 +24,7 @@ from typing import Any
 
 from etcdha import __version__, metrics, network, resources
 from etcdha.agent_ipvs import IPVSDuties
-from etcdha.checker import Checker, freeze_gc
+from etcdha.checker import Checker, CheckerNameInUse, claim_name, freeze_gc
 from etcdha.election import GroupRunner, LeaseKeeper
 from etcdha.election_rules import Action, ClusterView, Leader, Member, decide
 from etcdha.eligibility import Eligibility
@@ -183,7 +183,14 @@ class Agent:
             while True:
                 try:
                     await self._register(store)
+                    # The agent's checker goes by the node's name: a checker-only
+                    # worker already using it would make two checkers of one name.
+                    await claim_name(store, self.ks, self.node, self.keeper.lease_id, "agent")
                     break
+                except CheckerNameInUse:
+                    with contextlib.suppress(EtcdError):
+                        await self.keeper.revoke()  # members/<node> goes with it
+                    raise
                 except AlreadyRunning:
                     raise
                 except EtcdError as e:

@@ -253,3 +253,34 @@ async def _registered_by(
         return None
     data = json.loads(kv.value)
     return (kv, data) if data.get("pid") == pid else None
+
+
+async def test_an_agent_refuses_to_start_under_a_name_a_worker_checks_as(
+    etcd: EtcdServer, store: Store, keyspace: Keyspace, tmp_path: Any
+) -> None:
+    """The agent's checker goes by the node's name: an agent whose node name a live
+    checker-only worker holds refuses to start, and leaves no member behind."""
+    async with configured(store, keyspace):
+        proc = await worker(etcd, keyspace, "node1")
+        try:
+            await registration(store, keyspace, "node1")
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDHA_")}
+            agent = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "etcdha", "agent", "start", "--node", "node1"),
+                *("--endpoints", ",".join(etcd.endpoints), "--prefix", keyspace.prefix),
+                *("--cluster", keyspace.cluster, "--run-dir", str(tmp_path)),
+                *("--listen", f"127.0.0.1:{port}"),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+            )
+            _, err = await asyncio.wait_for(agent.communicate(), 30)
+            assert agent.returncode == 1, err.decode()
+            assert "checker name node1 is in use by a live worker" in err.decode()
+            assert await store.get(keyspace.member("node1")) is None
+            assert proc.returncode is None  # the worker goes on
+        finally:
+            await stop(proc)

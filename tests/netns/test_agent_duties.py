@@ -26,7 +26,7 @@ def test_an_address_removed_by_hand_comes_back(lab: DirectorLab) -> None:
     start_both(lab, spec(extra_election="  audit_interval: 300ms"))
     lab.seed.topology.exec("node1", "ip", "addr", "del", f"{VIP}/24", "dev", "eth0")
     assert VIP not in lab.addresses("node1")
-    lab.wait_for(lambda: VIP in lab.addresses("node1"), 2, "the audit to re-add the VIP")
+    lab.wait_for(lambda: VIP in lab.addresses("node1"), 5, "the audit to re-add the VIP")
     assert "removed from eth0 behind our back" in lab.agents["node1"].log()
 
 

@@ -235,8 +235,8 @@ def test_agents_keep_the_ipvs_table_and_connections_survive_failover(rig: Rig) -
     reported = lab.wait_for(
         lambda: member(lab, "node1").get("kernel_settings"), 10, "kernel settings in members/"
     )
-    assert [k["setting"] for k in reported] == ["net.ipv4.vs.conntrack"]  # type: ignore[index]
-    assert reported[0]["required"] is False  # type: ignore[index]
+    assert [k["setting"] for k in reported] == ["net.ipv4.vs.conntrack"]
+    assert reported[0]["required"] is False
 
     # traffic: round robin, then health through the checkers
     assert sorted(who(client, s.vip, 4)) == ["rs1", "rs1", "rs2", "rs2"]
