@@ -490,7 +490,9 @@ async def spawn_guard(
     log_file: str | None = None,
     log_format: str = "text",
     python: str = sys.executable,
-    timeout: float = 10.0,  # noqa: ASYNC109 (bounds the start-up)
+    # Bounds the start-up: a Python start on a loaded machine (or a slow root file
+    # system) has been seen to take over 10 s; the agent holds nothing meanwhile.
+    timeout: float = 30.0,  # noqa: ASYNC109
 ) -> int | None:
     """Start a detached guard on ``socket_path``; its pid, or None if one already serves it.
 
