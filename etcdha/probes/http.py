@@ -157,16 +157,51 @@ class Reader(Protocol):
     async def read(self, n: int) -> bytes: ...
 
 
-class SocketReader:
-    """readline()/read() over a non-blocking socket and the loop's sock_* calls."""
+class _Buffered:
+    """readline()/read() over a buffer that `_fill` extends (sets `eof` at the end);
+    `error` is what ended the connection, raised once the buffer is drained."""
 
     LINE_LIMIT = 16 * 1024
 
-    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
-        self.sock = sock
-        self.loop = loop
+    def __init__(self) -> None:
         self.buffer = b""
         self.eof = False
+        self.error: BaseException | None = None
+
+    async def _fill(self) -> None:
+        raise NotImplementedError
+
+    async def readline(self) -> bytes:
+        while True:
+            end = self.buffer.find(b"\n")
+            if end >= 0:
+                line, self.buffer = self.buffer[: end + 1], self.buffer[end + 1 :]
+                return line
+            if len(self.buffer) > self.LINE_LIMIT:
+                raise ValueError("line too long")
+            if self.eof:
+                if self.error is not None and not self.buffer:
+                    raise self.error
+                line, self.buffer = self.buffer, b""
+                return line
+            await self._fill()
+
+    async def read(self, n: int) -> bytes:
+        if not self.buffer and not self.eof:
+            await self._fill()
+        if not self.buffer and self.error is not None:
+            raise self.error
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+
+class SocketReader(_Buffered):
+    """readline()/read() over a non-blocking socket and the loop's sock_* calls."""
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.sock = sock
+        self.loop = loop
 
     @classmethod
     async def connect(cls, target: Target) -> SocketReader:
@@ -190,41 +225,18 @@ class SocketReader:
         else:
             self.eof = True
 
-    async def readline(self) -> bytes:
-        while True:
-            end = self.buffer.find(b"\n")
-            if end >= 0:
-                line, self.buffer = self.buffer[: end + 1], self.buffer[end + 1 :]
-                return line
-            if len(self.buffer) > self.LINE_LIMIT:
-                raise ValueError("line too long")
-            if self.eof:
-                line, self.buffer = self.buffer, b""
-                return line
-            await self._fill()
-
-    async def read(self, n: int) -> bytes:
-        if not self.buffer and not self.eof:
-            await self._fill()
-        data, self.buffer = self.buffer[:n], self.buffer[n:]
-        return data
-
     def close(self) -> None:
         reset_on_close(self.sock)
         self.sock.close()
 
 
-class ProtocolReader(asyncio.Protocol):
+class ProtocolReader(_Buffered, asyncio.Protocol):
     """readline()/read() over a transport that sends ``request`` once connected."""
 
-    LINE_LIMIT = SocketReader.LINE_LIMIT
-
     def __init__(self, request: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
         self.request = request
         self.loop = loop
-        self.buffer = b""
-        self.eof = False
-        self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.transport: asyncio.Transport | None = None
 
@@ -264,29 +276,6 @@ class ProtocolReader(asyncio.Protocol):
             await self.waiter
         finally:
             self.waiter = None
-
-    async def readline(self) -> bytes:
-        while True:
-            end = self.buffer.find(b"\n")
-            if end >= 0:
-                line, self.buffer = self.buffer[: end + 1], self.buffer[end + 1 :]
-                return line
-            if len(self.buffer) > self.LINE_LIMIT:
-                raise ValueError("line too long")
-            if self.eof:
-                if self.error is not None and not self.buffer:
-                    raise self.error
-                line, self.buffer = self.buffer, b""
-                return line
-            await self._fill()
-
-    async def read(self, n: int) -> bytes:
-        if not self.buffer and not self.eof:
-            await self._fill()
-        if not self.buffer and self.error is not None:
-            raise self.error
-        data, self.buffer = self.buffer[:n], self.buffer[n:]
-        return data
 
     def close(self) -> None:
         if self.transport is not None:

@@ -7,7 +7,6 @@ tests/kernel/test_*.py name them explicitly to pytest inside UML.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import subprocess
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from contextlib import contextmanager
 import pytest
 
 from etcdha.ipvs.netlink import NetlinkBackend
+from etcdha.lab.nsock import in_netns
 
 in_uml = pytest.mark.skipif(
     not os.environ.get("ETCDHA_IN_UML"), reason="runs inside user-mode-linux only"
@@ -45,24 +45,6 @@ def ipvsadm_save() -> str:
     return sh("ipvsadm-save", "-n")
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-@contextmanager
-def netns(name: str) -> Iterator[None]:
-    """Run the calling thread in network namespace `name` for the block; sockets
-    made inside stay in that namespace afterwards."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {name}")
-        try:
-            yield
-        finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
-    finally:
-        os.close(own)
-        os.close(target)
+# Run the calling thread in a network namespace for a block (sockets made
+# inside stay in that namespace afterwards).
+netns = in_netns
