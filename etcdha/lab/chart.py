@@ -146,6 +146,11 @@ def render_chart(rec: LabRecord) -> str:
 
     for i, res in enumerate(rec.results):
         x = svg.x(res.started - t0)
+        if res.settled is not None:
+            # From the action (its command starting) to the client getting what it
+            # should: in a slow guest most of it is the command's own start-up.
+            svg.rect(x, lanes_top - 2, svg.x(res.settled - t0) - x, bottom - lanes_top - 30,
+                     "#f2c94c", ' fill-opacity="0.18"')  # fmt: skip
         svg.line(x, top + 4, x, bottom, "#333", ' stroke-dasharray="3,3"')
         label = f"{i + 1}. {res.step.title}" + ("" if res.ok else " (NOT AS EXPECTED)")
         svg.text(x + 3, top + 12 + (i % 4) * 15, label, 11)
@@ -180,6 +185,10 @@ def render_chart(rec: LabRecord) -> str:
         svg.rect(lx, ly - 10, 12, 12, colour)
         svg.text(lx + 16, ly, label, 12)
         lx += 150
+    svg.rect(lx, ly - 10, 12, 12, "#f2c94c", ' fill-opacity="0.4"')
+    svg.text(lx + 16, ly, "a step settling: from its action to the expected outcome", 12)
+    ly += 20
+    lx = float(LEFT)
     verdict = "every step as expected" if rec.ok else "NOT every step as expected"
     svg.text(lx + 10, ly, verdict, 12, ' font-weight="bold"')
 

@@ -124,7 +124,7 @@ def test_chart_draws_lanes_steps_and_gaps() -> None:
         for i, o in enumerate((["rs1", "rs2"] * 200) + ["timeout"] * 50 + ["rs2"] * 500)
     ]
     first = StepResult(steps()[0], 100.0, ended=103.0)
-    second = StepResult(steps()[1], 103.0, ended=110.0, gap=0.5, gap_began=103.99)
+    second = StepResult(steps()[1], 103.0, ended=110.0, gap=0.5, gap_began=103.99, settled=104.5)
     rec.results = [first, second]
     root = ET.fromstring(render_chart(rec))
     texts = [t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text")]
@@ -134,3 +134,4 @@ def test_chart_draws_lanes_steps_and_gaps() -> None:
     assert "gap 0.50 s" in texts
     fills = [r.get("fill") for r in root.iter("{http://www.w3.org/2000/svg}rect")]
     assert "#d62728" in fills and "#2ca02c" in fills and "#ff7f0e" in fills
+    assert fills.count("#f2c94c") == 2  # the second step settling, and its legend
