@@ -79,6 +79,7 @@ class Agent:
         self._lease_timings: tuple[float, float, float] | None = None  # the lease's own
         self.ipvs: IPVSDuties | None = None
         self._kernel_checked = 0.0
+        self._handed_over: dict[str, float] = {}  # group -> when we last handed it over
 
     # -- start-up
 
@@ -574,13 +575,14 @@ class Agent:
                 if runner.active or runner.term:
                     await runner.deposed("our earlier lease still holds the key")
                 continue
-            d = decide(spec, group, self.view, self._me(), now)
+            d = decide(spec, group, self.view, self._me(), now, self._handed_over.get(group.name))
             if d.retry_in is not None:
                 self._schedule(d.retry_in)
             if d.action is Action.hold and leader is not None:
                 if runner.adopt(leader.term) and self.keeper.alive():
                     await self._activate(runner, group.name)
             elif d.action is Action.handover:
+                self._handed_over[group.name] = now
                 member = json.dumps(self._member_data()).encode()
                 await runner.handover(
                     d.reason,

@@ -114,8 +114,11 @@ def decide(
     view: ClusterView,
     me: Member,
     now: float,
+    handed_over_at: float | None = None,
 ) -> Decision:
-    """What `me` (with its current, local verdict) should do about `group` now."""
+    """What `me` (with its current, local verdict) should do about `group` now.
+
+    `handed_over_at`: when `me` last handed this group over (None: never)."""
     view = _with(view, me)
     leader = view.leaders.get(group.name)
     if leader is not None and leader.node != me.node:
@@ -132,6 +135,11 @@ def decide(
         return Decision(Action.campaign, _campaign_reason(group, view, me.node))
     vacant_for = now - view.vacant_since.get(group.name, now)
     turn = rank * CAMPAIGN_STEP
+    if handed_over_at is not None:
+        # We just handed it to a more-preferred node that is alive and eligible: give
+        # it a lease TTL to take it (a slow start must not bounce the group back to
+        # us); if it dies meanwhile its member key goes and we rank first.
+        turn = max(turn, handed_over_at + spec.election.lease_ttl - now + vacant_for)
     if vacant_for >= turn:
         return Decision(
             Action.campaign,

@@ -115,6 +115,15 @@ def render_chart(rec: LabRecord) -> str:
         svg.rect(LEFT, ry, WIDTH - LEFT - 20, LANE, "#f4f4f4")
         svg.text(10, ry + LANE - 5, label, 12)
 
+    # Behind the lanes' contents: each step settling, from its action (its command
+    # starting) to the client getting what it should; in a slow guest most of it
+    # is the command's own start-up.
+    for res in rec.results:
+        if res.settled is not None:
+            x = svg.x(res.started - t0)
+            svg.rect(x, lanes_top - 2, svg.x(res.settled - t0) - x, gaps_y - 16 - lanes_top,
+                     "#f2c94c", ' fill-opacity="0.25"')  # fmt: skip
+
     end = rec.ended - t0
     for i, (t, vip, dip) in enumerate(rec.holdings):
         until = rec.holdings[i + 1][0] - t0 if i + 1 < len(rec.holdings) else end
@@ -146,11 +155,6 @@ def render_chart(rec: LabRecord) -> str:
 
     for i, res in enumerate(rec.results):
         x = svg.x(res.started - t0)
-        if res.settled is not None:
-            # From the action (its command starting) to the client getting what it
-            # should: in a slow guest most of it is the command's own start-up.
-            svg.rect(x, lanes_top - 2, svg.x(res.settled - t0) - x, bottom - lanes_top - 30,
-                     "#f2c94c", ' fill-opacity="0.18"')  # fmt: skip
         svg.line(x, top + 4, x, bottom, "#333", ' stroke-dasharray="3,3"')
         label = f"{i + 1}. {res.step.title}" + ("" if res.ok else " (NOT AS EXPECTED)")
         svg.text(x + 3, top + 12 + (i % 4) * 15, label, 11)

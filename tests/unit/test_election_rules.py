@@ -146,3 +146,20 @@ def test_ping_nodes_count_as_ipfail_counts_them() -> None:
     v.note_member(Member("node2", 101, True, None, ping_ok=False), 3.0)
     v.set_leader("web", Leader("node1", 100, 6), 3.0)
     assert decide(s, s.groups[0], v, lost, 3.0).action is Action.hold
+
+
+def test_a_node_that_handed_over_gives_the_preferred_one_a_lease_ttl_to_take_it() -> None:
+    s = spec()
+    ttl = s.election.lease_ttl
+    v = view("node1", "node2", "node3")
+    v.set_leader("web", None, now=10.0)  # node2 handed web over to node1 at 10.0
+    d = decide(s, s.groups[0], v, me("node2"), 10.0 + 2 * CAMPAIGN_STEP, handed_over_at=10.0)
+    assert d.action is Action.wait and d.retry_in == pytest.approx(ttl - 2 * CAMPAIGN_STEP)
+    assert decide(s, s.groups[0], v, me("node2"), 10.0 + ttl, handed_over_at=10.0).action is (
+        Action.campaign
+    )
+    # node1 dies meanwhile: its member key goes, node2 ranks first and takes it at once
+    v.drop_member("node1")
+    assert decide(s, s.groups[0], v, me("node2"), 10.5, handed_over_at=10.0).action is (
+        Action.campaign
+    )
