@@ -110,12 +110,16 @@ def run(
     from etcdha.lab.report import write_report
 
     rec = _run_cancellable(run_lab(LabOptions(deadtime=deadtime, dwell=dwell)))
+    # Inside user-mode-linux the files go to the host, which names where it put them.
+    say = not os.environ.get("ETCDHA_IN_UML")
     if report is not None:
         write_report(rec, report)
-        print(f"wrote {report}")
+        if say:
+            print(f"wrote {report}")
     if chart is not None:
         write_chart(rec, chart)
-        print(f"wrote {chart}")
+        if say:
+            print(f"wrote {chart}")
     raise typer.Exit(0 if rec.ok else 1)
 
 
