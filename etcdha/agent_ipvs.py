@@ -30,7 +30,7 @@ from etcdha.ipvs.reconcile import DEBOUNCE, Feed, IPVSTable, install, sync_inter
 from etcdha.ipvs.text import from_json
 from etcdha.keyspace import KeyKind, Keyspace
 from etcdha.resources import ResourceError
-from etcdha.spec import ClusterSpec, IPVSResource, Node
+from etcdha.spec import ClusterSpec, IPVSResource
 from etcdha.store import EtcdError, KeyValue, Store, WatchEvent
 
 log = logging.getLogger(__name__)
@@ -165,11 +165,9 @@ class IPVSDuties:
                 continue
             if time.monotonic() - self._failed.get(group, -RETRY_STANDBY) < RETRY_STANDBY:
                 continue
-            await self._start_standby(group, key, node)
+            await self._start_standby(group, key)
 
-    async def _start_standby(
-        self, group: str, key: tuple[IPVSResource, str | None], node: Node | None
-    ) -> None:
+    async def _start_standby(self, group: str, key: tuple[IPVSResource, str | None]) -> None:
         settings, interface = key
         table = IPVSTable(
             group, self.feed, settings=settings, sync_interface=interface, role="standby"

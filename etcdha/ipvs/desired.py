@@ -138,10 +138,13 @@ _compiled: dict[tuple[int, str | None], tuple[ClusterSpec, list[_CompiledService
 _COMPILED_KEEP = 8
 
 
-def is_compiled(spec: ClusterSpec, group: str | None) -> bool:
-    """True when planning this spec again is cheap (its addresses are parsed)."""
+def compiled_reals(spec: ClusterSpec, group: str | None) -> int | None:
+    """How many reals the group has, once this spec is compiled (planning it again
+    then costs time in proportion); None before (the first plan parses it)."""
     hit = _compiled.get((id(spec), group))
-    return hit is not None and hit[0] is spec
+    if hit is None or hit[0] is not spec:
+        return None
+    return sum(len(cs.reals) for cs in hit[1])
 
 
 def _compile(spec: ClusterSpec, group: str | None) -> list[_CompiledService]:

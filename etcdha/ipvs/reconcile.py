@@ -24,7 +24,7 @@ config no longer gives the group any service: then the group's services go.
 After a reconcile that changed something (or used new revisions), ``on_applied``
 gets the group and a status payload; :func:`write_status` stores it under
 ``status/<group>/ipvs`` guarded by the leader key's create revision (the term).
-:func:`warm_copy` runs the same reconcile for a standby, without status.
+An IPVSTable in role "standby" keeps the same table for a standby, without status.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from typing import Any
 
 from etcdha import metrics, resources
 from etcdha.events import now_rfc3339
-from etcdha.ipvs.desired import Plan, is_compiled, named_services, plan
+from etcdha.ipvs.desired import Plan, compiled_reals, named_services, plan
 from etcdha.ipvs.diff import Op, OpKind, apply_ops, diff
 from etcdha.ipvs.model import ServiceKey, Table
 from etcdha.ipvs.netlink import IPVSError, NetlinkBackend, OpError
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 DEBOUNCE = 0.0  # a yield: changes already queued make one reconcile (more that
 # arrive while it runs make the next one)
 INLINE_OPS = 64  # fewer kernel changes than this are sent from the loop, not a thread
+INLINE_REALS = 1000  # smaller tables are planned on the loop after a health change
 MIN_RESYNC = 1.0  # seconds between audit resyncs, at least
 RESYNC_FACTOR = 20  # ... and at least this many times the last reconcile's duration
 STATUS_TABLE_LIMIT = 512 * 1024  # bytes of JSON: larger tables go to status as a digest
@@ -183,9 +184,9 @@ async def reconcile(
         wanted = Plan(Table())
     else:
         args = (inputs.spec, group, inputs.verdicts, inputs.drains, inputs.weights)
-        # A health change on a compiled spec takes a moment; a new config's first
-        # plan can take seconds: that one goes to a thread.
-        if is_compiled(inputs.spec, group):
+        # A health change on a small compiled spec takes well under a millisecond;
+        # a new config's first plan, or a large table, goes to a thread.
+        if (compiled_reals(inputs.spec, group) or INLINE_REALS) < INLINE_REALS:
             wanted = plan(*args)
         else:
             wanted = await asyncio.to_thread(plan, *args)
@@ -213,21 +214,6 @@ async def reconcile(
         metrics.ipvs_reconcile_errors.labels(group, "refused").inc(len(errors))
     after = apply_ops(current, done).only(keys)
     return ReconcileResult(group, wanted, ops, errors, duration, inputs, after, dumped)
-
-
-async def warm_copy(feed: Feed, group: str, backend: Backend | None = None) -> ReconcileResult:
-    """A standby's copy of the group's table, from the same inputs (no status write)."""
-    own = backend is None
-    b = backend if backend is not None else await asyncio.to_thread(NetlinkBackend)
-    try:
-        keys = _managed(feed, group)
-        result = await reconcile(b, group, feed.inputs, keys)
-        _remember_applied(feed, result)
-        _log_result(result, "warm copy")
-        return result
-    finally:
-        if own:
-            b.close()
 
 
 def _remember_applied(feed: Feed, result: ReconcileResult) -> None:
