@@ -1,8 +1,12 @@
 """How many real servers one checker sustains, and how fast a failure reaches etcd.
 
 Part 1: HTTP negotiate checks (a new connection per check) at a 1 s interval
-against N local servers (one listener per real on 127.0.0.1, served by a
-separate process so that its CPU is not the checker's). For each N it prints
+against N local servers: one listener per real, each on an address of its own
+(127.1.x.y, port 8080, as real servers have addresses of their own and listen
+on one port), served by a separate process so that its CPU is not the
+checker's. (Listeners on ports of 127.0.0.1 would take thousands of ports of
+the range the checker's own connections draw from, and make every connect
+search that range longer.) For each N it prints
 the checks per second done, the checker's CPU (share of one core, and
 microseconds of it per check: what one core can sustain, 10^6 / that), its RSS
 and the schedule slip (p50 / p99 / max). Nothing is published (no lease).
@@ -62,16 +66,16 @@ class Answer(asyncio.Protocol):
             self.transport.close()
 async def main():
     loop = asyncio.get_running_loop()
-    servers = [await loop.create_server(Answer, "127.0.0.1", 0, backlog=1024)
-               for _ in range(int(sys.argv[1]))]
-    print(" ".join(str(s.sockets[0].getsockname()[1]) for s in servers), flush=True)
+    addresses = [f"127.1.{i // 250}.{i % 250 + 1}" for i in range(int(sys.argv[1]))]
+    servers = [await loop.create_server(Answer, a, 8080, backlog=1024) for a in addresses]
+    print(" ".join(addresses), flush=True)
     await asyncio.Event().wait()
 with asyncio.Runner(loop_factory=loop_factory()) as runner:
     runner.run(main())
 """
 
 
-def spec_for(ports: list[int], interval: str = "1s") -> ClusterSpec:
+def spec_for(reals: list[str], interval: str = "1s") -> ClusterSpec:
     return ClusterSpec.model_validate(
         {
             "nodes": ["bench"],
@@ -79,7 +83,7 @@ def spec_for(ports: list[int], interval: str = "1s") -> ClusterSpec:
                 {
                     "address": "192.0.2.200:80",
                     "check": {"interval": interval, "timeout": "1s", "receive": "ok"},
-                    "reals": [{"address": f"127.0.0.1:{p}"} for p in ports],
+                    "reals": [{"address": r} for r in reals],
                 }
             ],
         }
@@ -103,13 +107,12 @@ def cpu_seconds(pid: int | None = None) -> float:
 
 async def throughput(n: int) -> dict[str, float]:
     server = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", SERVER, str(n), stdout=subprocess.PIPE
+        sys.executable, "-c", SERVER, str(n), stdout=subprocess.PIPE, limit=1 << 20
     )
     try:
         assert server.stdout is not None
         line = await server.stdout.readline()
-        ports = [int(p) for p in line.split()]
-        spec = spec_for(ports)
+        spec = spec_for([f"{a}:8080" for a in line.decode().split()])
         checker = Checker(Store(EtcdSettings()), Keyspace(), "bench", lambda: spec, lambda: 0)
         checker.update(spec)
         freeze_gc()
@@ -154,7 +157,7 @@ async def time_to_etcd() -> list[float]:
         async with Store(EtcdSettings(endpoints=etcd.endpoints)) as store:
             ks = Keyspace("/etcdha", "bench")
             lease = (await store.grant(60)).id
-            spec = spec_for([*many.ports, *one.ports])
+            spec = spec_for([f"127.0.0.1:{p}" for p in (*many.ports, *one.ports)])
             checker = Checker(store, ks, "bench", lambda: spec, lambda: lease)
             key = checker.key(("tcp-192.0.2.200-80", f"127.0.0.1-{one.ports[0]}"))
             task = asyncio.create_task(checker.run())

@@ -1,9 +1,11 @@
 """The checker: probes every real server of the spec and publishes verdicts on change.
 
-One schedule (a heap and a single timer) for every real server; each due
-check runs as a short-lived task of its own, so a real whose probe hangs holds
-only its own task (and one slot of the concurrency semaphore) until its
-timeout and never delays the checks of other reals. Each real keeps its own
+One schedule (a heap and a single timer) for every real server. A due check
+starts its probe's direct form where it has one (plain HTTP, tcp, connect and
+the static checks: a callback, no task) or else a short-lived task; either way
+a real whose probe hangs holds only its own check (and one of
+``max_concurrency`` slots) until its timeout and never delays the checks of
+other reals. Each real keeps its own
 rhythm: the first check within the first second (spread at random), then every
 ``interval`` with +-5 % jitter on a fixed rate (a check that overruns its
 interval skips the missed slots rather than bunching them).
@@ -82,6 +84,7 @@ from etcdha.httpd import HTTPServer
 from etcdha.keyspace import Keyspace, fwmark_segment, real_segment, service_segment, validate_name
 from etcdha.membership import AlreadyRunning, boot_id
 from etcdha.probes import Plan, Result, Target
+from etcdha.probes._engine import ProbeEngine, engine_for
 from etcdha.spec import ClusterSpec, VirtualService
 from etcdha.spec_types import expand_real, split_host_port
 from etcdha.store import (
@@ -257,8 +260,9 @@ class RealState:
     successes: int = 0
     failures: int = 0
     checks: int = 0
+    ups: int = 0  # checks that passed (etcdha_checks_total)
     connects: int = _NEVER  # ldirectord's num_connects for negotiate_every
-    _children: dict[str, Any] = field(default_factory=dict, repr=False)
+    _gauges: tuple[Any, Any] | None = field(default=None, repr=False)
 
     def value(self) -> bytes:
         data: dict[str, Any] = {
@@ -286,6 +290,8 @@ class RealState:
     def observe(self, probe: str, result: Result) -> bool:
         """Apply one result; True when the verdict changed (a write is due)."""
         self.checks += 1
+        if result.ok:
+            self.ups += 1
         plan = self.job.plan
         if plan.every > 1:
             if probe == plan.probe and probe != "connect":
@@ -454,6 +460,40 @@ async def claim_name(store: Store, ks: Keyspace, name: str, lease_id: int, role:
 # the checker
 
 
+class _Check:
+    """One check of one real: waiting for a slot, running, or ended."""
+
+    __slots__ = ("checker", "due", "epoch", "finished", "handle", "probe", "rk", "st", "started")
+
+    def __init__(self, checker: Checker, rk: RealKey, st: RealState, epoch: int, due: float):
+        self.checker = checker
+        self.rk = rk
+        self.st = st
+        self.epoch = epoch
+        self.due = due
+        self.probe = ""
+        self.handle: probes.Cancellable | None = None
+        self.started = False
+        self.finished = False
+
+    def done(self, result: Result) -> None:
+        if not self.finished:
+            self.finished = True
+            self.handle = None  # the handle holds this callback: no reference cycle
+            self.checker._conclude(self, result)
+
+    def cancel(self) -> None:
+        """Withdrawn (the real left or its check changed, or the checker stops)."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        if self.started:
+            self.checker._release()
+
+
 class Checker:
     """Checks every real of the spec and publishes verdicts under ``health/<name>/``.
 
@@ -487,16 +527,20 @@ class Checker:
         self.lease_id_getter = lease_id_getter
         self.checks_dir = checks_dir or default_checks_dir()
         self.jitter = jitter
-        self.semaphore = asyncio.Semaphore(max_concurrency)
+        self.max_concurrency = max(1, max_concurrency)
+        self._active = 0  # checks holding a slot
+        self._waiting: collections.deque[_Check] = collections.deque()
+        self._draining = False
         self.states: dict[RealKey, RealState] = {}
         # The schedule: (due, sequence, real, epoch) on the loop's clock. An entry
         # whose epoch is not its real's current one is stale (the check changed).
         self._heap: list[tuple[float, int, RealKey, int]] = []
         self._seq = itertools.count()
         self._epochs: dict[RealKey, int] = {}
-        self._inflight: dict[RealKey, asyncio.Task[None]] = {}
+        self._inflight: dict[RealKey, _Check] = {}  # started or waiting for a slot
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # cached: looked up per check
+        self._engine: ProbeEngine | None = None
         self._timer_at = math.inf
         self._pending: dict[RealKey, bytes | None] = {}
         self._wake = asyncio.Event()
@@ -520,6 +564,8 @@ class Checker:
         self.transitions = 0  # up<->down transitions seen, for tests and figures
         self.events_written = 0
         self.slips: collections.deque[float] = collections.deque(maxlen=100_000)
+        self._durations = metrics.check_metrics.duration
+        metrics.check_metrics.add_source(self)
 
     # -- public
 
@@ -566,6 +612,7 @@ class Checker:
         if not self.states:
             self.update(self.spec_getter())
         self._loop = asyncio.get_running_loop()
+        self._engine = engine_for(self._loop)
         self._running = True
         try:
             for rk in self.states:
@@ -577,9 +624,18 @@ class Checker:
                 self._timer.cancel()
                 self._timer, self._timer_at = None, math.inf
             self._heap.clear()
-            for task in list(self._inflight.values()):
-                task.cancel()
+            for check in list(self._inflight.values()):
+                check.cancel()
             self._inflight.clear()
+            self._waiting.clear()
+
+    def check_counts(self) -> list[tuple[tuple[str, ...], int, int]]:
+        """For etcdha_checks_total: (IPVS label values, up, down) per real."""
+        return [
+            (tuple(v for _, v in st.job.labels), st.ups, st.checks - st.ups)
+            for st in self.states.values()
+            if st.checks
+        ]
 
     def slip_percentiles(self) -> dict[str, float]:
         """Schedule slip (seconds late at probe start) over the recent checks."""
@@ -611,9 +667,9 @@ class Checker:
 
     def _unschedule(self, rk: RealKey) -> None:
         self._epochs[rk] = self._epochs.get(rk, 0) + 1
-        task = self._inflight.pop(rk, None)
-        if task is not None:
-            task.cancel()
+        check = self._inflight.pop(rk, None)
+        if check is not None:
+            check.cancel()
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:
@@ -631,44 +687,81 @@ class Checker:
             due, _, rk, epoch = heapq.heappop(heap)
             if epoch != self._epochs.get(rk, 0) or rk not in self.states or rk in self._inflight:
                 continue
-            self._inflight[rk] = loop.create_task(self._run_check(rk, self.states[rk], due))
+            check = _Check(self, rk, self.states[rk], epoch, due)
+            self._inflight[rk] = check
+            if self._active < self.max_concurrency:
+                self._start(check)
+            else:
+                self._waiting.append(check)
         if heap:
             self._arm(heap[0][0])
 
-    async def _run_check(self, rk: RealKey, st: RealState, due: float) -> None:
+    def _start(self, check: _Check) -> None:
+        """Run one check: its probe's direct form when it has one, else a task."""
+        self._active += 1
+        check.started = True
         loop = self._loop or asyncio.get_running_loop()
-        epoch = self._epochs.get(rk, 0)
+        slip = max(0.0, loop.time() - check.due)
+        self.slips.append(slip)
+        metrics.check_metrics.slip.observe(slip)
+        st = check.st
+        job = st.job
+        probe, timeout = st.next_probe()
+        check.probe = probe
+        target = job.target if timeout == job.target.timeout else _with_timeout(job, timeout)
+        if target.port == 0 and probe not in PORTLESS_PROBES:
+            check.done(Result(False, "no port to probe: set check.port for this fwmark service"))
+            return
+        starter = probes.direct(probe)
+        handle = None
+        if starter is not None:
+            assert self._engine is not None
+            handle = starter(self._engine, target, check.done)
+        if handle is None:
+            handle = loop.create_task(self._run_probe(check, probe, target))
+        if not check.finished:
+            check.handle = handle
+
+    async def _run_probe(self, check: _Check, probe: str, target: Target) -> None:
+        check.done(await probes.run(probe, target))
+
+    def _conclude(self, check: _Check, result: Result) -> None:
+        """A check's result: the verdict, then the real's next check."""
+        rk, st = check.rk, check.st
+        if self._inflight.get(rk) is check:
+            del self._inflight[rk]
+        self._release()
         try:
-            async with self.semaphore:
-                slip = max(0.0, loop.time() - due)
-                self.slips.append(slip)
-                metrics.check_slip.observe(slip)
-                await self._check_once(st)
-        except asyncio.CancelledError:
-            raise
+            self._observe(st, check.probe, result)
         except Exception:
             log.exception("check of %s failed unexpectedly", st.job.real_label)
-        finally:
-            if self._inflight.get(rk) is asyncio.current_task():
-                del self._inflight[rk]
-        if not self._running or epoch != self._epochs.get(rk, 0):
+        if not self._running or check.epoch != self._epochs.get(rk, 0):
             return
         interval = st.job.interval
-        due += interval * (1 + random.uniform(-self.jitter, self.jitter))
-        now = loop.time()
+        due = check.due + interval * (1 + random.uniform(-self.jitter, self.jitter))
+        now = (self._loop or asyncio.get_running_loop()).time()
         if due < now:  # overran: skip the missed slots, keep the phase
             due += math.ceil((now - due) / interval) * interval
         self._push(rk, due)
 
-    async def _check_once(self, st: RealState) -> None:
+    def _release(self) -> None:
+        """A slot is free: start the checks waiting for one (no recursion when a
+        started check ends at once)."""
+        self._active -= 1
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._waiting and self._active < self.max_concurrency:
+                check = self._waiting.popleft()
+                if not check.finished:
+                    self._start(check)
+        finally:
+            self._draining = False
+
+    def _observe(self, st: RealState, probe: str, result: Result) -> None:
         job = st.job
-        probe, timeout = st.next_probe()
-        target = job.target if timeout == job.target.timeout else _with_timeout(job, timeout)
-        if target.port == 0 and probe not in PORTLESS_PROBES:
-            result = Result(False, "no port to probe: set check.port for this fwmark service")
-        else:
-            result = await probes.run(probe, target)
-        _record_metrics(st, probe, result)
+        self._durations(probe).observe(result.latency_ms / 1000.0)
         before = st.state
         if st.observe(probe, result):
             if before is not None and before != st.state:
@@ -829,31 +922,15 @@ def _with_timeout(job: Job, timeout: float) -> Target:
 
 
 # ---------------------------------------------------------------------------
-# metrics (children cached per real: label lookups cost more than the updates)
+# metrics: per-check numbers are counted in RealState and metrics.check_metrics
+# (a scrape reads them); the gauges change only with a verdict.
 
 
-def _children(st: RealState) -> dict[str, Any]:
-    if not st._children:
+def _gauges(st: RealState) -> tuple[Any, Any]:
+    if st._gauges is None:
         labels = dict(st.job.labels)
-        st._children = {
-            "ok": metrics.checks.labels(**labels, result="up"),
-            "fail": metrics.checks.labels(**labels, result="down"),
-            "up": metrics.real_up.labels(**labels),
-            "weight": metrics.real_weight.labels(**labels),
-        }
-    return st._children
-
-
-_DURATIONS: dict[str, Any] = {}
-
-
-def _record_metrics(st: RealState, probe: str, result: Result) -> None:
-    c = _children(st)
-    c["ok" if result.ok else "fail"].inc()
-    duration = _DURATIONS.get(probe)
-    if duration is None:
-        duration = _DURATIONS[probe] = metrics.check_duration.labels(probe=probe)
-    duration.observe(result.latency_ms / 1000.0)
+        st._gauges = (metrics.real_up.labels(**labels), metrics.real_weight.labels(**labels))
+    return st._gauges
 
 
 def freeze_gc() -> None:
@@ -866,24 +943,20 @@ def freeze_gc() -> None:
     """
     gc.collect()
     gc.freeze()
+    pass
 
 
 def _set_state_metrics(st: RealState) -> None:
-    c = _children(st)
-    c["up"].set(1 if st.state == "up" else 0)
-    c["weight"].set(st.desired_weight())
+    up, weight = _gauges(st)
+    up.set(1 if st.state == "up" else 0)
+    weight.set(st.desired_weight())
 
 
 def _forget_metrics(st: RealState) -> None:
-    labels = dict(st.job.labels)
-    for family, extra in (
-        (metrics.checks, {"result": "up"}),
-        (metrics.checks, {"result": "down"}),
-        (metrics.real_up, {}),
-        (metrics.real_weight, {}),
-    ):
+    values = [v for _, v in st.job.labels]
+    for family in (metrics.real_up, metrics.real_weight):
         with contextlib.suppress(KeyError):
-            family.remove(*{**labels, **extra}.values())
+            family.remove(*values)
 
 
 # ---------------------------------------------------------------------------

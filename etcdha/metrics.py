@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import bisect
+import weakref
+from collections.abc import Iterable
+from typing import Any, Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -80,25 +88,119 @@ IPVS_LABELS = (
     "proto",
     "local_mark",
 )
-checks = Counter(
-    "etcdha_checks_total",
-    "Health checks of real servers run by this checker, by result (up, down)",
-    [*IPVS_LABELS, "result"],
-    registry=REGISTRY,
+
+
+class Buckets:
+    """A histogram kept as plain numbers: a sample costs one bisect, where
+    prometheus_client's costs locks and a scan (a checker takes two samples per
+    check, thousands a second). Exported by :class:`CheckMetrics`."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out, running = [], 0
+        bounds = (*map(floatToGoString, self.bounds), "+Inf")
+        for bound, count in zip(bounds, self.counts, strict=True):
+            running += count
+            out.append((bound, float(running)))
+        return out
+
+
+class CheckSource(Protocol):
+    def check_counts(self) -> Iterable[tuple[tuple[str, ...], int, int]]:
+        """(IPVS label values, checks up, checks down) per real server."""
+        ...
+
+
+DURATION_BOUNDS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
 )
-check_duration = Histogram(
-    "etcdha_check_duration_seconds",
-    "How long one health check took, by probe (http, connect, external, ...)",
-    ["probe"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-    registry=REGISTRY,
-)
-check_slip = Histogram(
-    "etcdha_check_schedule_slip_seconds",
-    "How late a health check started against its schedule",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-    registry=REGISTRY,
-)
+SLIP_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class CheckMetrics(Collector):
+    """The per-check metrics, from numbers the checkers keep themselves:
+    etcdha_checks_total (by real server and result), etcdha_check_duration_seconds
+    (by probe) and etcdha_check_schedule_slip_seconds."""
+
+    def __init__(self) -> None:
+        self.sources: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.slip = Buckets(SLIP_BOUNDS)
+        self.durations: dict[str, Buckets] = {}
+
+    def add_source(self, source: CheckSource) -> None:
+        self.sources.add(source)
+
+    def duration(self, probe: str) -> Buckets:
+        found = self.durations.get(probe)
+        if found is None:
+            found = self.durations[probe] = Buckets(DURATION_BOUNDS)
+        return found
+
+    def describe(self) -> list[Metric]:
+        return list(self._families())
+
+    def collect(self) -> list[Metric]:
+        return list(self._families(samples=True))
+
+    def _families(self, samples: bool = False) -> Iterable[Metric]:
+        checks = CounterMetricFamily(
+            "etcdha_checks",
+            "Health checks of real servers run by this checker, by result (up, down)",
+            labels=[*IPVS_LABELS, "result"],
+        )
+        duration = HistogramMetricFamily(
+            "etcdha_check_duration_seconds",
+            "How long one health check took, by probe (http, connect, external, ...)",
+            labels=["probe"],
+        )
+        slip = HistogramMetricFamily(
+            "etcdha_check_schedule_slip_seconds",
+            "How late a health check started against its schedule",
+        )
+        if samples:
+            totals: dict[tuple[str, ...], list[int]] = {}
+            for source in list(self.sources):
+                for labels, up, down in source.check_counts():
+                    both = totals.setdefault(labels, [0, 0])
+                    both[0] += up
+                    both[1] += down
+            for labels, (up, down) in totals.items():
+                checks.add_metric([*labels, "up"], up)
+                checks.add_metric([*labels, "down"], down)
+            for probe, buckets in sorted(self.durations.items()):
+                duration.add_metric([probe], buckets.cumulative(), buckets.total)
+            slip.add_metric([], self.slip.cumulative(), self.slip.total)
+        return (checks, duration, slip)
+
+
+check_metrics = CheckMetrics()
+REGISTRY.register(check_metrics)
+
+
 real_up = Gauge(
     "etcdha_real_server_up",
     "1 while this checker's verdict for the real server is up",

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
-from etcdha.probes import Result, Target, register
-from etcdha.probes._net import Datagram, close_stream, open_stream, sctp_connect
+from etcdha.probes import Result, Target, register, register_direct
+from etcdha.probes._engine import Exchange, ProbeEngine, exchange
+from etcdha.probes._net import Datagram, sctp_connect
 
 UDP_WAIT = 1.0
 
@@ -28,9 +30,16 @@ async def connect(target: Target) -> Result:
     if target.protocol == "sctp":
         await sctp_connect(target)
         return Result(True, "sctp association established")
-    _, writer = await open_stream(target)
-    close_stream(writer)
-    return Result(True, "connected")
+    return await exchange(target, b"", None)
+
+
+@register_direct("connect")
+def connect_direct(
+    engine: ProbeEngine, target: Target, done: Callable[[Result], None]
+) -> Exchange | None:
+    if target.protocol != "tcp":
+        return None
+    return engine.start(target, b"", None, done)
 
 
 async def udp_connect(target: Target) -> Result:

@@ -13,24 +13,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import re
-import socket
 import ssl
-from asyncio.selector_events import BaseSelectorEventLoop
 from functools import cache
-from typing import Protocol, cast
 
-from etcdha.probes import READ_LIMIT, Result, Target, register
-from etcdha.probes._net import close_stream, family_of, open_stream, reset_on_close
+from etcdha.probes import READ_LIMIT, Result, Target, describe_error, register, register_direct
+from etcdha.probes._engine import BUFFER_LIMIT, Done, Exchange, Parse, ProbeEngine, exchange
+from etcdha.probes._net import close_stream, open_stream
 
 MAX_HEADERS = 100
+LINE_LIMIT = 16 * 1024
 _STATUS_RE = re.compile(rb"HTTP/(\d)\.(\d) (\d{3})(?: ([^\r\n]*))?\r?\n\Z")
-
-
-class Malformed(Exception):
-    pass
 
 
 @cache
@@ -66,6 +60,14 @@ def status_ok(check_status: list[int], status: int) -> bool:
     return status in check_status if check_status else 200 <= status <= 299
 
 
+@register_direct("http")
+def http_direct(engine: ProbeEngine, target: Target, done: Done) -> Exchange | None:
+    prepared = target.memo.get("http")
+    if prepared is None:
+        prepared = target.memo["http"] = (request_bytes(target), answer_parser(target))
+    return engine.start(target, prepared[0], prepared[1], done)
+
+
 @register("http")
 async def http(target: Target) -> Result:
     return await _request(target, tls=False)
@@ -76,7 +78,7 @@ async def https(target: Target) -> Result:
     return await _request(target, tls=True)
 
 
-def _request_bytes(target: Target) -> bytes:
+def request_bytes(target: Target) -> bytes:
     check = target.check
     path = target.request or "/"
     if not path.startswith("/"):
@@ -89,26 +91,7 @@ def _request_bytes(target: Target) -> bytes:
 
 async def _request(target: Target, *, tls: bool) -> Result:
     if not tls:
-        loop = asyncio.get_running_loop()
-        if isinstance(loop, BaseSelectorEventLoop):
-            # The standard loop: its socket calls cost about a third less CPU per
-            # check than asyncio streams (no transport or stream objects).
-            sock_reader = await SocketReader.connect(target)
-            try:
-                await sock_reader.send(_request_bytes(target))
-                return await _exchange(target, sock_reader)
-            finally:
-                sock_reader.close()
-        # Other loops (uvloop): their transports are native code and cost about
-        # half of what their socket calls do.
-        request = _request_bytes(target)
-        _, conn = await loop.create_connection(
-            lambda: ProtocolReader(request, loop), target.address, target.port
-        )
-        try:
-            return await _exchange(target, conn)
-        finally:
-            conn.close()
+        return await exchange(target, request_bytes(target), answer_parser(target))
     check = target.check
     kwargs: dict[str, object] = {"ssl": tls_context(check.verify_tls)}
     name = check.virtualhost.split(":")[0] if check.virtualhost else None
@@ -123,28 +106,65 @@ async def _request(target: Target, *, tls: bool) -> Result:
     except ssl.SSLError as exc:
         return Result(False, f"TLS handshake failed: {exc.reason or exc}")
     try:
-        writer.write(_request_bytes(target))
-        return await _exchange(target, reader)
+        writer.write(request_bytes(target))
+        parse = answer_parser(target)
+        data = b""
+        while True:
+            error: OSError | None = None
+            try:
+                chunk = await reader.read(65536)
+            except OSError as exc:
+                chunk, error = b"", exc
+            data += chunk
+            eof = not chunk or len(data) >= BUFFER_LIMIT
+            result = parse(data, eof, error)
+            if result is not None:
+                return result
+            if eof:
+                return Result(False, describe_error(error) if error else "connection closed")
     finally:
         close_stream(writer)
 
 
-async def _exchange(target: Target, reader: Reader) -> Result:
+# ---------------------------------------------------------------------------
+# judging an answer from what has been read so far
+
+
+class Malformed(Exception):
+    pass
+
+
+def answer_parser(target: Target) -> Parse:
+    """``parse(data, eof, error)`` for this target: its verdict, or None for "read more"."""
+
+    def parse(data: bytes, eof: bool, error: OSError | None) -> Result | None:
+        return judge(target, data, eof, error)
+
+    return parse
+
+
+def judge(target: Target, data: bytes, eof: bool, error: OSError | None = None) -> Result | None:
+    """The verdict on an answer of which ``data`` has come (all of it when ``eof``)."""
     check = target.check
     try:
-        status, reason, headers = await _read_head(reader)
+        head = _head(data, eof)
+        if head is None:
+            return None
+        status, reason, headers, body_at = head
+        line = f"{status} {reason}".strip()
+        if not status_ok(check.expected_status, status):
+            return Result(False, line)
+        if target.receive is None:
+            return Result(True, line)
+        if check.http_method == "HEAD":
+            return Result(False, f"{line}; HEAD has no body to match receive against")
+        body = _body(data, body_at, headers, eof)
     except Malformed as exc:
+        if eof and error is not None:
+            return Result(False, describe_error(error))
         return Result(False, f"malformed answer: {exc}")
-    except ValueError:
-        return Result(False, "malformed answer: header line too long")
-    line = f"{status} {reason}".strip()
-    if not status_ok(check.expected_status, status):
-        return Result(False, line)
-    if target.receive is None:
-        return Result(True, line)
-    if check.http_method == "HEAD":
-        return Result(False, f"{line}; HEAD has no body to match receive against")
-    body = await _read_body(reader, headers)
+    if body is None:
+        return None
     text = body.decode("utf-8", "replace")
     if _pattern(target.receive).search(text):
         return Result(True, line)
@@ -152,139 +172,27 @@ async def _exchange(target: Target, reader: Reader) -> Result:
     return Result(False, f"{line}; receive {target.receive!r} not found{cut}")
 
 
-class Reader(Protocol):
-    async def readline(self) -> bytes: ...
-    async def read(self, n: int) -> bytes: ...
+def _lines(data: bytes, at: int, eof: bool) -> tuple[bytes, int] | None:
+    """The line starting at ``at`` (with its newline) and where the next starts;
+    at the end of the stream the rest, possibly empty; None: not all here yet."""
+    end = data.find(b"\n", at)
+    if end >= 0:
+        if end - at > LINE_LIMIT:
+            raise Malformed("header line too long")
+        return data[at : end + 1], end + 1
+    if len(data) - at > LINE_LIMIT:
+        raise Malformed("header line too long")
+    if eof:
+        return data[at:], len(data)
+    return None
 
 
-class _Buffered:
-    """readline()/read() over a buffer that `_fill` extends (sets `eof` at the end);
-    `error` is what ended the connection, raised once the buffer is drained."""
-
-    LINE_LIMIT = 16 * 1024
-
-    def __init__(self) -> None:
-        self.buffer = b""
-        self.eof = False
-        self.error: BaseException | None = None
-
-    async def _fill(self) -> None:
-        raise NotImplementedError
-
-    async def readline(self) -> bytes:
-        while True:
-            end = self.buffer.find(b"\n")
-            if end >= 0:
-                line, self.buffer = self.buffer[: end + 1], self.buffer[end + 1 :]
-                return line
-            if len(self.buffer) > self.LINE_LIMIT:
-                raise ValueError("line too long")
-            if self.eof:
-                if self.error is not None and not self.buffer:
-                    raise self.error
-                line, self.buffer = self.buffer, b""
-                return line
-            await self._fill()
-
-    async def read(self, n: int) -> bytes:
-        if not self.buffer and not self.eof:
-            await self._fill()
-        if not self.buffer and self.error is not None:
-            raise self.error
-        data, self.buffer = self.buffer[:n], self.buffer[n:]
-        return data
-
-
-class SocketReader(_Buffered):
-    """readline()/read() over a non-blocking socket and the loop's sock_* calls."""
-
-    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__()
-        self.sock = sock
-        self.loop = loop
-
-    @classmethod
-    async def connect(cls, target: Target) -> SocketReader:
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(family_of(target), socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, (target.address, target.port))
-        except BaseException:
-            sock.close()
-            raise
-        return cls(sock, loop)
-
-    async def send(self, data: bytes) -> None:
-        await self.loop.sock_sendall(self.sock, data)
-
-    async def _fill(self) -> None:
-        data = await self.loop.sock_recv(self.sock, 65536)
-        if data:
-            self.buffer += data
-        else:
-            self.eof = True
-
-    def close(self) -> None:
-        reset_on_close(self.sock)
-        self.sock.close()
-
-
-class ProtocolReader(_Buffered, asyncio.Protocol):
-    """readline()/read() over a transport that sends ``request`` once connected."""
-
-    def __init__(self, request: bytes, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__()
-        self.request = request
-        self.loop = loop
-        self.waiter: asyncio.Future[None] | None = None
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not derive from asyncio's classes: no isinstance.
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.write(self.request)
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if len(self.buffer) > 2 * READ_LIMIT and self.transport is not None:
-            self.transport.pause_reading()  # we never read more than READ_LIMIT
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        self._wake()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.eof = True
-        self.error = exc
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def _fill(self) -> None:
-        if self.eof:
-            if self.error is not None:
-                raise self.error
-            return
-        self.waiter = self.loop.create_future()
-        try:
-            await self.waiter
-        finally:
-            self.waiter = None
-
-    def close(self) -> None:
-        if self.transport is not None:
-            reset_on_close(self.transport.get_extra_info("socket"))
-            self.transport.abort()
-
-
-async def _read_head(reader: Reader) -> tuple[int, str, dict[str, str]]:
-    first: bytes = await reader.readline()
+def _head(data: bytes, eof: bool) -> tuple[int, str, dict[str, str], int] | None:
+    """(status, reason, headers, where the body starts), None until all of it came."""
+    got = _lines(data, 0, eof)
+    if got is None:
+        return None
+    first, at = got
     if not first:
         raise Malformed("connection closed before a status line")
     m = _STATUS_RE.match(first)
@@ -293,14 +201,15 @@ async def _read_head(reader: Reader) -> tuple[int, str, dict[str, str]]:
     status = int(m.group(3))
     reason = (m.group(4) or b"").decode("latin-1")
     headers: dict[str, str] = {}
-    total = len(first)
     for _ in range(MAX_HEADERS + 1):
-        line: bytes = await reader.readline()
-        total += len(line)
-        if total > READ_LIMIT:
+        got = _lines(data, at, eof)
+        if got is None:
+            return None
+        line, at = got
+        if at > READ_LIMIT:
             raise Malformed("headers longer than 64 KiB")
         if line in (b"\r\n", b"\n"):
-            return status, reason, headers
+            return status, reason, headers, at
         if not line:
             raise Malformed("connection closed inside the headers")
         name, sep, value = line.decode("latin-1").partition(":")
@@ -310,37 +219,43 @@ async def _read_head(reader: Reader) -> tuple[int, str, dict[str, str]]:
     raise Malformed(f"more than {MAX_HEADERS} headers")
 
 
-async def _read_body(reader: Reader, headers: dict[str, str]) -> bytes:
+def _body(data: bytes, at: int, headers: dict[str, str], eof: bool) -> bytes | None:
+    """The body to match (at most READ_LIMIT bytes), None until enough of it came."""
     if "chunked" in headers.get("transfer-encoding", "").lower():
-        out = bytearray()
-        while len(out) < READ_LIMIT:
-            size_line: bytes = await reader.readline()
-            try:
-                size = int(size_line.split(b";")[0].strip() or b"x", 16)
-            except ValueError:
-                raise Malformed(f"bad chunk size {size_line[:40]!r}") from None
-            if size == 0:
-                break
-            want = min(size, READ_LIMIT - len(out))
-            chunk: bytes = await reader.read(want)
-            while len(chunk) < want:
-                more: bytes = await reader.read(want - len(chunk))
-                if not more:
-                    break
-                chunk += more
-            out += chunk
-            if want < size or len(chunk) < want:
-                break
-            await reader.readline()  # the CRLF after the chunk
-        return bytes(out)
+        return _chunked(data, at, eof)
     length = headers.get("content-length")
     limit = READ_LIMIT
     if length is not None and length.isdigit():
         limit = min(limit, int(length))
+    if len(data) - at >= limit or eof:
+        return data[at : at + limit]
+    return None
+
+
+def _chunked(data: bytes, at: int, eof: bool) -> bytes | None:
     out = bytearray()
-    while len(out) < limit:
-        data: bytes = await reader.read(limit - len(out))
-        if not data:
+    while len(out) < READ_LIMIT:
+        got = _lines(data, at, eof)
+        if got is None:
+            return None
+        size_line, at = got
+        if not size_line and eof:
+            break  # closed before the last chunk: match what came
+        try:
+            size = int(size_line.split(b";")[0].strip() or b"x", 16)
+        except ValueError:
+            raise Malformed(f"bad chunk size {size_line[:40]!r}") from None
+        if size == 0:
             break
-        out += data
+        want = min(size, READ_LIMIT - len(out))
+        if len(data) - at < want and not eof:
+            return None
+        out += data[at : at + want]
+        at += want
+        if want < size or len(data) < at:
+            break
+        got = _lines(data, at, eof)  # the CRLF after the chunk
+        if got is None:
+            return None
+        at = got[1]
     return bytes(out)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import re
-from functools import cache
+from collections.abc import Callable
+from functools import cache, partial
 
-from etcdha.probes import READ_LIMIT, Result, Target, register
-from etcdha.probes._net import Datagram, close_stream, open_stream
+from etcdha.probes import READ_LIMIT, Result, Target, register, register_direct
+from etcdha.probes._engine import Exchange, ProbeEngine, exchange
+from etcdha.probes._net import Datagram
 
 
 @cache
@@ -48,20 +50,21 @@ async def tcp(target: Target) -> Result:
         finally:
             with contextlib.suppress(Exception):
                 endpoint.close()
-    reader, writer = await open_stream(target)
-    try:
-        if payload:
-            writer.write(payload)
-        if writer.can_write_eof():
-            writer.write_eof()
-        data = b""
-        while len(data) < READ_LIMIT:
-            chunk = await reader.read(READ_LIMIT - len(data))
-            if not chunk:
-                break
-            data += chunk
-            if _matches(target, data):
-                break
-        return _verdict(target, data)
-    finally:
-        close_stream(writer)
+    return await exchange(target, payload, partial(_judge, target), shut_write=True)
+
+
+@register_direct("tcp")
+def tcp_direct(
+    engine: ProbeEngine, target: Target, done: Callable[[Result], None]
+) -> Exchange | None:
+    if target.protocol != "tcp":
+        return None
+    payload = (target.request or "").encode()
+    return engine.start(target, payload, partial(_judge, target), done, shut_write=True)
+
+
+def _judge(target: Target, data: bytes, eof: bool, error: OSError | None) -> Result | None:
+    """Read until the answer matches, the server closes, or 64 KiB came."""
+    if _matches(target, data[:READ_LIMIT]) or eof or len(data) >= READ_LIMIT:
+        return _verdict(target, data[:READ_LIMIT])
+    return None

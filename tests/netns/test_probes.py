@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -276,10 +277,10 @@ async def test_dns_answers_nxdomain_garbage_and_tcp() -> None:
         check = Check(service="dns")
         t = target(srv.port, check=check, protocol="udp", request="www.example.org")
         v = Verdicts()
-        assert (await v.check("dns", Target(**{**t.__dict__, "receive": r"^192\.0\.2\.7$"}))).ok
-        r = await v.check("dns", Target(**{**t.__dict__, "request": "nope.example.org"}))
+        assert (await v.check("dns", replace(t, receive=r"^192\.0\.2\.7$"))).ok
+        r = await v.check("dns", replace(t, request="nope.example.org"))
         assert (r.ok, r.detail) == (False, "NXDOMAIN")
-        r = await v.check("dns", Target(**{**t.__dict__, "receive": "192.0.2.8"}))
+        r = await v.check("dns", replace(t, receive="192.0.2.8"))
         assert not r.ok and "no answer matches" in r.detail
         txt = Check(service="dns", dns_type="TXT")
         txt_target = target(
@@ -287,9 +288,9 @@ async def test_dns_answers_nxdomain_garbage_and_tcp() -> None:
         )
         r = await v.check("dns", txt_target)
         assert r.ok, r
-        assert (await probes.run("dns", Target(**{**t.__dict__, "protocol": "tcp"}))).ok
+        assert (await probes.run("dns", replace(t, protocol="tcp"))).ok
         srv.mode = "garbage"  # garbage is ignored; the probe waits for a real answer
-        r = await v.check("dns", Target(**{**t.__dict__, "timeout": 0.5}))
+        r = await v.check("dns", replace(t, timeout=0.5))
         assert not r.ok and "timed out" in r.detail
         srv.mode = "servfail"
         assert (await probes.run("dns", t)).detail == "SERVFAIL"
@@ -369,14 +370,10 @@ async def test_external_exit_codes_arguments_and_recovery(checks_dir: Path) -> N
     r = await v.check("external", ext(checks_dir, "crit"))
     assert (r.ok, r.detail) == (False, "crit exit 2: CRITICAL - broken")
     flag = checks_dir / "flag-file"
-    r = await v.check(
-        "external", Target(**{**ext(checks_dir, "flag").__dict__, "request": str(flag)})
-    )
+    r = await v.check("external", replace(ext(checks_dir, "flag"), request=str(flag)))
     assert not r.ok
     flag.touch()
-    r = await v.check(
-        "external", Target(**{**ext(checks_dir, "flag").__dict__, "request": str(flag)})
-    )
+    r = await v.check("external", replace(ext(checks_dir, "flag"), request=str(flag)))
     assert r.ok
     assert v.trail == ["up", "down", "down", "up"]
     missing = await probes.run("external", ext(checks_dir, "nosuch"))
