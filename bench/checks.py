@@ -12,10 +12,13 @@ microseconds of it per check: what one core can sustain, 10^6 / that), its RSS
 and the schedule slip (p50 / p99 / max). Nothing is published (no lease).
 
 Part 2 (on the standard loop): 100 reals at a 1 s interval, publishing to a
-local etcd member; one real is made to fail (HTTP 503) and come back ROUNDS
-times, at a random phase of its interval; prints the time from the change on the server to the
-verdict's watch event in etcd (expected: half the interval on average, plus
-the check and the write).
+local etcd member; one real fails and comes back (ROUNDS changes, each at a
+random phase of its interval) in three ways: it answers 503, it refuses
+connections, it accepts and never answers. Prints the time from the change on
+the server to the verdict's watch event in etcd (expected: half the interval
+on average, at most the interval, plus the check and the write; plus the
+timeout for a real that hangs) against the goal: interval x failure_count +
+100 ms, plus the timeout for one that hangs.
 
     .venv/bin/python bench/checks.py [N ...]   (default: 1000 2000 5000 10000; 0: part 2 only)
 
@@ -148,20 +151,31 @@ async def throughput(n: int) -> dict[str, float]:
         await server.wait()
 
 
-async def time_to_etcd() -> list[float]:
+FAILURES = {
+    "503": "answers HTTP 503",
+    "refused": "refuses connections (listener closed)",
+    "hang": "accepts and never answers",
+}
+
+
+async def time_to_etcd(kind: str) -> tuple[list[float], list[float]]:
+    """Seconds from a real failing (as ``kind`` says) to its down verdict's watch
+    event in etcd, and from its return to the up verdict's."""
     etcd = EtcdProcess("bench", progress_notify_interval="1s")
     etcd.start()
     many = await start_http(ports=[0] * 99)
     one = await start_http(behaviour=HTTPBehaviour())
+    port = one.ports[0]
     try:
         async with Store(EtcdSettings(endpoints=etcd.endpoints)) as store:
             ks = Keyspace("/etcdha", "bench")
             lease = (await store.grant(60)).id
-            spec = spec_for([f"127.0.0.1:{p}" for p in (*many.ports, *one.ports)])
+            spec = spec_for([f"127.0.0.1:{p}" for p in (*many.ports, port)])
             checker = Checker(store, ks, "bench", lambda: spec, lambda: lease)
-            key = checker.key(("tcp-192.0.2.200-80", f"127.0.0.1-{one.ports[0]}"))
+            key = checker.key(("tcp-192.0.2.200-80", f"127.0.0.1-{port}"))
             task = asyncio.create_task(checker.run())
-            times: list[float] = []
+            down: list[float] = []
+            up: list[float] = []
             try:
                 _, rev = await store.get_prefix(ks.root)
                 watch = store.watch_prefix(key, rev + 1)
@@ -178,9 +192,16 @@ async def time_to_etcd() -> list[float]:
                     await asyncio.sleep(random.uniform(0.2, 1.2))  # any phase of the interval
                     want = "down" if i % 2 == 0 else "up"
                     changed = time.monotonic()
-                    one.behaviour.status = 503 if want == "down" else 200
+                    if kind == "503":
+                        one.behaviour.status = 503 if want == "down" else 200
+                    elif kind == "hang":
+                        one.behaviour.mode = "silent" if want == "down" else "normal"
+                    elif want == "down":
+                        await one.close()
+                    else:
+                        one = await start_http(ports=[port])
                     value = await next_value()
-                    times.append(time.monotonic() - changed)
+                    (down if want == "down" else up).append(time.monotonic() - changed)
                     assert value["state"] == want
                 await watch.aclose()
             finally:
@@ -188,7 +209,7 @@ async def time_to_etcd() -> list[float]:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await store.revoke(lease)
-        return times
+        return down, up
     finally:
         await many.close()
         await one.close()
@@ -219,12 +240,19 @@ async def main(sizes: list[int]) -> None:
 
 
 async def part2() -> None:
-    times = await time_to_etcd()
     print(
-        f"\nfailure/recovery on a real -> verdict's watch event in etcd ({len(times)} rounds, "
-        f"1 s interval): mean {statistics.mean(times) * 1000:.0f} ms, "
-        f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms"
+        f"\none real of 100 fails and returns {ROUNDS // 2} times each (1 s interval, 1 s"
+        " timeout, failure_count 1) -> its verdict's watch event in etcd:"
     )
+    for kind, what in FAILURES.items():
+        down, up = await time_to_etcd(kind)
+        goal = 1.0 + (1.0 if kind == "hang" else 0.0) + 0.1
+        print(
+            f"  {what:<38} down: mean {statistics.mean(down) * 1000:4.0f} ms,"
+            f" max {max(down) * 1000:4.0f} ms (goal {goal * 1000:.0f} ms);"
+            f" up: mean {statistics.mean(up) * 1000:4.0f} ms, max {max(up) * 1000:4.0f} ms",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

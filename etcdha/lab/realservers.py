@@ -23,6 +23,7 @@ import ssl
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 __all__ = [
     "DNSServer",
@@ -69,8 +70,8 @@ class _HTTPProtocol(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # cast, not isinstance: uvloop's transports do not derive from asyncio's.
+        self.transport = cast(asyncio.Transport, transport)
         self.servers.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

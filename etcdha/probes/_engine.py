@@ -21,9 +21,8 @@ deadline.
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
-import heapq
-import itertools
 import logging
 import os
 import select
@@ -58,6 +57,7 @@ class Exchange:
 
     __slots__ = (
         "buffer",
+        "deadline",
         "done",
         "engine",
         "fd",
@@ -92,6 +92,7 @@ class Exchange:
         self.reading = False  # registered for input (the request is out)
         self.started = time.monotonic()
         self.timeout = timeout
+        self.deadline = 0.0
         self.finished = False
 
     def cancel(self) -> None:
@@ -109,8 +110,7 @@ class ProbeEngine:
         self.loop = loop
         self._epoll: select.epoll | None = None
         self._open: dict[int, Exchange] = {}
-        self._deadlines: list[tuple[float, int, Exchange]] = []
-        self._seq = itertools.count()
+        self._deadlines: dict[float, collections.deque[Exchange]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -265,8 +265,13 @@ class ProbeEngine:
                 self._writable(ex)
 
     def _deadline(self, ex: Exchange) -> None:
-        when = self.loop.time() + ex.timeout
-        heapq.heappush(self._deadlines, (when, next(self._seq), ex))
+        # One queue per timeout value: its deadlines come in order, so a queue
+        # is cheaper than a heap (thousands of exchanges a second).
+        ex.deadline = when = self.loop.time() + ex.timeout
+        queue = self._deadlines.get(ex.timeout)
+        if queue is None:
+            queue = self._deadlines[ex.timeout] = collections.deque()
+        queue.append(ex)
         if when < self._timer_at:
             self._arm(when)
 
@@ -279,13 +284,18 @@ class ProbeEngine:
     def _expire(self) -> None:
         self._timer, self._timer_at = None, float("inf")
         now = self.loop.time()
-        heap = self._deadlines
-        while heap and (heap[0][0] <= now or heap[0][2].finished):
-            ex = heapq.heappop(heap)[2]
-            if not ex.finished:
-                self._finish(ex, Result(False, f"timed out after {ex.timeout:g}s"))
-        if heap:
-            self._arm(heap[0][0])
+        upcoming = float("inf")
+        for timeout, queue in list(self._deadlines.items()):
+            while queue and (queue[0].finished or queue[0].deadline <= now):
+                ex = queue.popleft()
+                if not ex.finished:
+                    self._finish(ex, Result(False, f"timed out after {ex.timeout:g}s"))
+            if queue:
+                upcoming = min(upcoming, queue[0].deadline)
+            else:
+                del self._deadlines[timeout]
+        if upcoming < self._timer_at:
+            self._arm(upcoming)
 
     def _close_if_idle(self) -> None:
         self._idle_timer = None

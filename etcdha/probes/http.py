@@ -24,6 +24,7 @@ from etcdha.probes._net import close_stream, open_stream
 
 MAX_HEADERS = 100
 LINE_LIMIT = 16 * 1024
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 _STATUS_RE = re.compile(rb"HTTP/(\d)\.(\d) (\d{3})(?: ([^\r\n]*))?\r?\n\Z")
 
 
@@ -210,7 +211,7 @@ def _head(data: bytes, eof: bool) -> tuple[int, str, dict[str, str], int] | None
             raise Malformed("headers longer than 64 KiB")
         if line in (b"\r\n", b"\n"):
             return status, reason, headers, at
-        if not line:
+        if not line.endswith(b"\n"):  # nothing more, or a line cut by the close
             raise Malformed("connection closed inside the headers")
         name, sep, value = line.decode("latin-1").partition(":")
         if not sep:
@@ -241,10 +242,10 @@ def _chunked(data: bytes, at: int, eof: bool) -> bytes | None:
         size_line, at = got
         if not size_line and eof:
             break  # closed before the last chunk: match what came
-        try:
-            size = int(size_line.split(b";")[0].strip() or b"x", 16)
-        except ValueError:
-            raise Malformed(f"bad chunk size {size_line[:40]!r}") from None
+        digits = size_line.split(b";")[0].strip()
+        if not _CHUNK_SIZE.match(digits):  # int() would take "-5", "0x5", "1_0"
+            raise Malformed(f"bad chunk size {size_line[:40]!r}")
+        size = int(digits, 16)
         if size == 0:
             break
         want = min(size, READ_LIMIT - len(out))
