@@ -716,7 +716,12 @@ class Checker:
         handle = None
         if starter is not None:
             assert self._engine is not None
-            handle = starter(self._engine, target, check.done)
+            try:
+                handle = starter(self._engine, target, check.done)
+            except Exception as exc:  # a probe's bug fails its check, never the schedule
+                log.exception("%s probe of %s failed to start", probe, job.real_label)
+                check.done(Result(False, probes.describe_error(exc)))
+                return
         if handle is None:
             handle = loop.create_task(self._run_probe(check, probe, target))
         if not check.finished:

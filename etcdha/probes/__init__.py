@@ -40,6 +40,7 @@ __all__ = [
     "Probe",
     "Result",
     "Target",
+    "describe_error",
     "direct",
     "get",
     "names",

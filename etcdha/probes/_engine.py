@@ -31,7 +31,7 @@ import struct
 import time
 from collections.abc import Callable
 
-from etcdha.probes import READ_LIMIT, Result, Target, describe_error, short
+from etcdha.probes import READ_LIMIT, Cancellable, Result, Target, describe_error, short
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class ProbeEngine:
         *,
         shut_write: bool = False,
         timeout: float | None = None,
-    ) -> Exchange:
+    ) -> Cancellable:
         """Connect to ``target``, send ``request``, read until ``parse`` decides.
 
         ``parse`` None: up as soon as the connection is established (the
@@ -138,9 +138,13 @@ class ProbeEngine:
         returns (a refused connection to a local address is known at once).
         """
         family = socket.AF_INET6 if ":" in target.address else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        # Closed with a reset, as load balancers' checks do: no TIME_WAIT piles up.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            # Closed with a reset, as load balancers' checks do: no TIME_WAIT piles up.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
+        except OSError as exc:  # out of descriptors or memory: this check fails, not the caller
+            done(Result(False, short(describe_error(exc))))
+            return _NOT_STARTED
         ex = Exchange(
             self,
             sock,
@@ -150,8 +154,12 @@ class ProbeEngine:
             shut_write,
             target.timeout if timeout is None else timeout,
         )
-        epoll = self._epoll or self._open_epoll()
-        err = sock.connect_ex((target.address, target.port))
+        try:
+            epoll = self._epoll or self._open_epoll()
+            err = sock.connect_ex((target.address, target.port))
+        except OSError as exc:
+            self._finish(ex, Result(False, describe_error(exc)))
+            return ex
         if err not in (0, errno.EINPROGRESS):
             self._finish(ex, Result(False, _errno_text(err)))
             return ex
@@ -325,6 +333,14 @@ class ProbeEngine:
 
 def _dropped(result: Result) -> None:
     pass
+
+
+class _NotStarted:
+    def cancel(self) -> None:
+        pass
+
+
+_NOT_STARTED = _NotStarted()
 
 
 def _errno_text(err: int) -> str:

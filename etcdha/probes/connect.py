@@ -16,8 +16,8 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from etcdha.probes import Result, Target, register, register_direct
-from etcdha.probes._engine import Exchange, ProbeEngine, exchange
+from etcdha.probes import Cancellable, Result, Target, register, register_direct
+from etcdha.probes._engine import ProbeEngine, exchange
 from etcdha.probes._net import Datagram, sctp_connect
 
 UDP_WAIT = 1.0
@@ -36,7 +36,7 @@ async def connect(target: Target) -> Result:
 @register_direct("connect")
 def connect_direct(
     engine: ProbeEngine, target: Target, done: Callable[[Result], None]
-) -> Exchange | None:
+) -> Cancellable | None:
     if target.protocol != "tcp":
         return None
     return engine.start(target, b"", None, done)

@@ -18,8 +18,16 @@ import re
 import ssl
 from functools import cache
 
-from etcdha.probes import READ_LIMIT, Result, Target, describe_error, register, register_direct
-from etcdha.probes._engine import BUFFER_LIMIT, Done, Exchange, Parse, ProbeEngine, exchange
+from etcdha.probes import (
+    READ_LIMIT,
+    Cancellable,
+    Result,
+    Target,
+    describe_error,
+    register,
+    register_direct,
+)
+from etcdha.probes._engine import BUFFER_LIMIT, Done, Parse, ProbeEngine, exchange
 from etcdha.probes._net import close_stream, open_stream
 
 MAX_HEADERS = 100
@@ -62,7 +70,7 @@ def status_ok(check_status: list[int], status: int) -> bool:
 
 
 @register_direct("http")
-def http_direct(engine: ProbeEngine, target: Target, done: Done) -> Exchange | None:
+def http_direct(engine: ProbeEngine, target: Target, done: Done) -> Cancellable | None:
     prepared = target.memo.get("http")
     if prepared is None:
         prepared = target.memo["http"] = (request_bytes(target), answer_parser(target))

@@ -15,8 +15,8 @@ import re
 from collections.abc import Callable
 from functools import cache, partial
 
-from etcdha.probes import READ_LIMIT, Result, Target, register, register_direct
-from etcdha.probes._engine import Exchange, ProbeEngine, exchange
+from etcdha.probes import READ_LIMIT, Cancellable, Result, Target, register, register_direct
+from etcdha.probes._engine import ProbeEngine, exchange
 from etcdha.probes._net import Datagram
 
 
@@ -56,7 +56,7 @@ async def tcp(target: Target) -> Result:
 @register_direct("tcp")
 def tcp_direct(
     engine: ProbeEngine, target: Target, done: Callable[[Result], None]
-) -> Exchange | None:
+) -> Cancellable | None:
     if target.protocol != "tcp":
         return None
     payload = (target.request or "").encode()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import re
 import subprocess
 import sys
@@ -278,3 +279,51 @@ def test_checks_leave_no_reference_cycles() -> None:
         # finds is the loop's own odds and ends, not one cycle per check.
         assert checks >= 200, checks
         assert garbage < checks / 10, (garbage, checks)
+
+
+# Out of file descriptors for a while, then not: the checks that cannot open a
+# socket fail with the reason, the schedule goes on, and every real recovers.
+# (In a process of its own: the limit is the whole process's.)
+NOFILE = """
+import asyncio, json, os, resource, sys
+from etcdha.checker import Checker
+from etcdha.keyspace import Keyspace
+from etcdha.lab.realservers import start_http
+from etcdha.spec import ClusterSpec
+from etcdha.store import EtcdSettings, Store
+
+async def main():
+    srv = await start_http(ports=[0] * 20)
+    spec = ClusterSpec.model_validate({"nodes": ["n1"], "virtual_services": [{
+        "address": "192.0.2.200:80", "check": {"interval": "50ms", "timeout": "1s"},
+        "reals": [{"address": f"127.0.0.1:{p}"} for p in srv.ports]}]})
+    checker = Checker(Store(EtcdSettings()), Keyspace(), "n1", lambda: spec, lambda: 0)
+    task = asyncio.create_task(checker.run())
+    await asyncio.sleep(0.5)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    used = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (used, hard))
+    await asyncio.sleep(0.5)
+    details = sorted({st.detail for st in checker.states.values()})
+    down = sum(st.state == "down" for st in checker.states.values())
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    restored = {rk: st.checks for rk, st in checker.states.items()}
+    await asyncio.sleep(3.0)  # the servers (asyncio) pause accepting for 1 s after EMFILE
+    up = sum(st.state == "up" for st in checker.states.values())
+    since = min(st.checks - restored[rk] for rk, st in checker.states.items())
+    task.cancel()
+    print(json.dumps({"details": details, "down": down, "up": up, "since": since}))
+    os._exit(0)
+
+asyncio.run(main())
+"""
+
+
+def test_out_of_file_descriptors_fails_checks_not_the_schedule() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", NOFILE], capture_output=True, text=True, timeout=60, check=True
+    )
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    # Nearly all fail (a descriptor freed by one check may serve the next).
+    assert found["down"] >= 15 and "too many open files" in found["details"], found
+    assert found["up"] == 20 and found["since"] >= 10, found  # every real checked on
