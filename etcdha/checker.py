@@ -10,20 +10,6 @@ rhythm: the first check within the first second (spread at random), then every
 ``interval`` with +-5 % jitter on a fixed rate (a check that overruns its
 interval skips the missed slots rather than bunching them).
 
-Verdicts (ldirectord's counters):
-
-* A real has no verdict until its first check; the first result decides
-  (up or down). ldirectord starts a real that is not already in the kernel's
-  table as down and brings it up on the first good check; a new checker
-  publishing "down" after one failed check, or "up" after one good one, is the
-  same, without making a healthy real wait ``rise_count`` intervals on every
-  agent restart.
-* Then ``failure_count`` consecutive failures take an up real down, and
-  ``rise_count`` consecutive successes bring a down real up; a result that
-  agrees with the verdict resets the other counter.
-* A dynamic weight (external checks with ``dynamic_weight``) that changes while
-  the real is up is a new verdict too.
-
 Publishing: ``health/<checker>/<service>/<real>`` (JSON: state, since,
 detail, latency_ms, weight when dynamic), a put bound to the lease that
 ``lease_id_getter`` returns, written only when a verdict changes, and all of
@@ -44,17 +30,9 @@ events are bound to a retention lease of their own (``EVENT_RETENTION``), so
 their history expires instead of growing; an event that cannot be written
 never holds back a verdict.
 
-One live checker per name: ``checkers/<name>``, bound to the checker's
-lease, says who holds the name (:func:`claim_name`). A second checker with a
-name in use refuses to start (``etcdha checker start``) or, started under a
-lease that meets a taken name later, publishes nothing until the name is free;
-a registration left by an earlier process on this host that is gone now (a
-crash, kill -9) is taken over at once: its lease is revoked, and its stale
-verdicts go with it.
-
-:func:`run_standalone` is the checker-only worker (``etcdha checker start``): it
-grants its own lease, keeps it alive, follows the config key and serves
-/metrics.
+What to check and the verdict counters: :mod:`etcdha.checker_jobs`; one live
+checker per name: :mod:`etcdha.checker_name`; ``etcdha checker start``:
+:mod:`etcdha.checker_worker`.
 """
 
 from __future__ import annotations
@@ -65,36 +43,28 @@ import contextlib
 import gc
 import heapq
 import itertools
-import json
 import logging
 import math
 import os
 import random
-import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from etcdha import metrics, probes
-from etcdha.configdb import parse_stored
-from etcdha.events import event_put, now_rfc3339
-from etcdha.httpd import HTTPServer
-from etcdha.keyspace import Keyspace, fwmark_segment, real_segment, service_segment, validate_name
-from etcdha.membership import AlreadyRunning, boot_id
-from etcdha.probes import Plan, Result, Target
+from etcdha.checker_jobs import NEVER, Job, RealKey, RealState, jobs_from_spec, verdict_text
+from etcdha.checker_name import CheckerNameInUse, claim_name
+from etcdha.events import event_put
+from etcdha.keyspace import Keyspace, validate_name
+from etcdha.probes import Result, Target
 from etcdha.probes._engine import ProbeEngine, engine_for
-from etcdha.spec import ClusterSpec, VirtualService
-from etcdha.spec_types import expand_real, split_host_port
+from etcdha.spec import ClusterSpec
 from etcdha.store import (
-    Compare,
     EtcdError,
     EtcdLeaseNotFound,
-    EtcdSettings,
     Op,
     Store,
-    WatchCompacted,
 )
 
 log = logging.getLogger(__name__)
@@ -109,10 +79,8 @@ __all__ = [
     "freeze_gc",
     "jobs_from_spec",
     "loop_factory",
-    "run_standalone",
 ]
 
-RealKey = tuple[str, str]  # (service segment, real segment)
 SpecGetter = Callable[[], ClusterSpec | None]
 LeaseGetter = Callable[[], int]
 
@@ -124,7 +92,6 @@ FIRST_SPREAD = 1.0  # seconds over which the first checks of all reals are sprea
 DISPATCH_AHEAD = 0.002
 TXN_OPS = 64
 PORTLESS_PROBES = {"ping", "on", "off", "none", "external"}
-_NEVER = 10**9
 EVENT_BURST = 10  # health events written at once before the rate limit applies
 EVENT_EVERY = 10.0  # then one event per this many seconds at most
 EVENT_LISTED = 10  # transitions listed in one event; the rest are counted
@@ -151,309 +118,6 @@ def default_checks_dir() -> Path:
         return probes.DEFAULT_CHECKS_DIR
     source = Path(__file__).resolve().parent.parent / "checks"
     return source if source.is_dir() else probes.DEFAULT_CHECKS_DIR
-
-
-# ---------------------------------------------------------------------------
-# what to check
-
-
-@dataclass(frozen=True)
-class Job:
-    """One real server of one virtual service, as its check sees it."""
-
-    key: RealKey
-    service_label: str
-    real_label: str
-    target: Target
-    plan: Plan
-    interval: float
-    failure_count: int
-    rise_count: int
-    weight: int  # the real's configured weight
-    dynamic: bool
-    labels: tuple[tuple[str, str], ...]  # node_exporter's IPVS label names
-
-
-def _service_key(vs: VirtualService) -> tuple[str, str, int]:
-    """(segment, virtual address text, virtual port)."""
-    if vs.fwmark is not None:
-        return fwmark_segment(vs.fwmark, vs.ip_family), str(vs.fwmark), 0
-    assert vs.address is not None
-    ip, port = split_host_port(vs.address)
-    return service_segment(vs.protocol.value, str(ip), port), str(ip), port
-
-
-def ipvs_labels(vs: VirtualService, address: str, port: int) -> tuple[tuple[str, str], ...]:
-    """Labels as node_exporter's ipvs collector names them (node_ipvs_backend_*)."""
-    if vs.fwmark is not None:
-        local_address, local_port, proto, mark = "", "0", "FWM", str(vs.fwmark)
-    else:
-        assert vs.address is not None
-        ip, vport = split_host_port(vs.address)
-        local_address, local_port, proto, mark = str(ip), str(vport), vs.protocol.value.upper(), ""
-    return (
-        ("local_address", local_address),
-        ("local_port", local_port),
-        ("remote_address", address),
-        ("remote_port", str(port)),
-        ("proto", proto),
-        ("local_mark", mark),
-    )
-
-
-def jobs_from_spec(spec: ClusterSpec, checks_dir: Path) -> dict[RealKey, Job]:
-    """Every real server of every virtual service (ranges expanded), keyed by segments."""
-    jobs: dict[RealKey, Job] = {}
-    for vs in spec.virtual_services:
-        segment, vaddr, vport = _service_key(vs)
-        check = vs.check
-        plan = probes.plan(check)
-        for real in vs.reals:
-            for ip, rport in expand_real(real.address):
-                address = str(ip)
-                port = check.port or rport or vport
-                timeout = plan.timeout
-                target = Target(
-                    address=address,
-                    port=port,
-                    protocol="udp" if vs.protocol.value == "udp" else vs.protocol.value,
-                    check=check,
-                    request=real.request if real.request is not None else check.request,
-                    receive=real.receive if real.receive is not None else check.receive,
-                    timeout=timeout,
-                    virtual_address=vaddr,
-                    virtual_port=vport,
-                    real_port=rport,
-                    checks_dir=checks_dir,
-                )
-                key = (segment, real_segment(address, rport))
-                jobs[key] = Job(
-                    key=key,
-                    service_label=vs.label,
-                    real_label=f"[{address}]:{rport}" if ip.version == 6 else f"{address}:{rport}",
-                    target=target,
-                    plan=plan,
-                    interval=max(check.interval, 0.05),
-                    failure_count=check.failure_count,
-                    rise_count=check.rise_count,
-                    weight=real.weight,
-                    dynamic=check.dynamic_weight,
-                    labels=ipvs_labels(vs, address, port if vs.fwmark is None else rport),
-                )
-    return jobs
-
-
-# ---------------------------------------------------------------------------
-# verdicts
-
-
-@dataclass
-class RealState:
-    """What one checker knows of one real server."""
-
-    job: Job
-    state: str | None = None  # None until the first check
-    since: str = ""
-    detail: str = ""
-    latency_ms: float = 0.0
-    weight: int | None = None
-    successes: int = 0
-    failures: int = 0
-    checks: int = 0
-    ups: int = 0  # checks that passed (etcdha_checks_total)
-    connects: int = _NEVER  # ldirectord's num_connects for negotiate_every
-    _gauges: tuple[Any, Any] | None = field(default=None, repr=False)
-
-    def value(self) -> bytes:
-        data: dict[str, Any] = {
-            "state": self.state,
-            "since": self.since,
-            "detail": self.detail,
-            "latency_ms": self.latency_ms,
-        }
-        if self.job.dynamic and self.weight is not None:
-            data["weight"] = self.weight
-        return json.dumps(data, separators=(",", ":")).encode()
-
-    def desired_weight(self) -> int:
-        if self.state != "up":
-            return 0
-        return self.weight if self.weight is not None else self.job.weight
-
-    def next_probe(self) -> tuple[str, float]:
-        """Which probe this check runs (negotiate_every: ldirectord's combined check)."""
-        plan = self.job.plan
-        if plan.every <= 1 or self.connects >= plan.every - 1:
-            return plan.probe, plan.timeout
-        return "connect", plan.connect_timeout
-
-    def observe(self, probe: str, result: Result) -> bool:
-        """Apply one result; True when the verdict changed (a write is due)."""
-        self.checks += 1
-        if result.ok:
-            self.ups += 1
-        plan = self.job.plan
-        if plan.every > 1:
-            if probe == plan.probe and probe != "connect":
-                if result.ok:
-                    self.connects = 0
-            elif result.ok:
-                self.connects += 1
-            else:
-                self.connects = _NEVER
-        self.detail = result.detail
-        self.latency_ms = result.latency_ms
-        new_weight = result.weight if self.job.dynamic else None
-        if self.state is None:
-            return self._become("up" if result.ok else "down", new_weight)
-        if result.ok:
-            self.failures = 0
-            self.successes += 1
-            if self.state == "up":
-                return self._reweigh(new_weight)
-            if self.successes >= self.job.rise_count:
-                return self._become("up", new_weight)
-            return False
-        self.successes = 0
-        self.failures += 1
-        if self.state == "down" or self.failures < self.job.failure_count:
-            return False
-        return self._become("down", None)
-
-    def _become(self, state: str, weight: int | None) -> bool:
-        self.state = state
-        self.since = now_rfc3339()
-        self.weight = weight
-        self.successes = self.failures = 0
-        return True
-
-    def _reweigh(self, weight: int | None) -> bool:
-        if weight == self.weight:
-            return False
-        self.weight = weight
-        return True
-
-
-def _verdict_text(st: RealState) -> str:
-    if st.state == "up" and st.weight is not None:
-        return f"up (weight {st.weight})"
-    return st.state or "unknown"
-
-
-# ---------------------------------------------------------------------------
-# one live checker per name
-
-
-class CheckerNameInUse(AlreadyRunning):
-    """Another live checker holds this checker name."""
-
-
-def _process_start(pid: int) -> str | None:
-    """The start time of a running process (clock ticks since boot), None when
-    there is no such process: with the pid it tells a process from a later one
-    that reused its pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    if len(fields) < 20 or fields[0] == "Z":
-        return None
-    return fields[19]
-
-
-def _registration(role: str) -> bytes:
-    pid = os.getpid()
-    return json.dumps(
-        {
-            "role": role,
-            "host": socket.gethostname(),
-            "boot_id": boot_id(),
-            "pid": pid,
-            "pid_start": _process_start(pid),
-            "since": now_rfc3339(),
-        }
-    ).encode()
-
-
-async def claim_name(store: Store, ks: Keyspace, name: str, lease_id: int, role: str) -> None:
-    """Hold ``checkers/<name>`` under ``lease_id``, or raise CheckerNameInUse.
-
-    Taken: by this lease already (nothing to do); by a live checker elsewhere or
-    by a running process on this host (refused); by a process of this host that
-    is gone, or by this very process under an older lease (taken over).
-    """
-    key = ks.checker(name)
-    for _ in range(5):
-        result = await store.txn(
-            [Compare.create_revision(key, "==", 0)],
-            [Op.put(key, _registration(role), lease=lease_id)],
-            [Op.get(key)],
-        )
-        if result.succeeded:
-            log.info("checker name %s registered under lease %x", name, lease_id)
-            return
-        kvs = result.responses[0].kvs
-        if not kvs:
-            continue  # gone in between: try again
-        held = kvs[0]
-        try:
-            data = json.loads(held.value)
-        except ValueError:
-            data = {}
-        if not isinstance(data, dict):
-            data = {}
-        pid, started = data.get("pid"), data.get("pid_start")
-        if held.lease == lease_id:
-            if pid != os.getpid() or started != _process_start(os.getpid()):
-                # Our lease, reclaimed by a new process (an agent's planned restart).
-                await store.txn(
-                    [Compare.lease(key, "==", lease_id)],
-                    [Op.put(key, _registration(role), lease=lease_id)],
-                )
-            return
-        this_host = data.get("host") == socket.gethostname() and data.get("boot_id") == boot_id()
-        gone = this_host and (
-            not isinstance(pid, int)
-            or _process_start(pid) is None
-            or _process_start(pid) != started
-            or pid == os.getpid()
-        )
-        if held.lease and gone and data.get("role") == "agent" and pid != os.getpid():
-            # Never revoke a crashed agent's lease: its addresses stay until its
-            # fence guard removes them at the lease's deadline.
-            ttl = await store.time_to_live(held.lease)
-            raise CheckerNameInUse(
-                f"checker name {name} belongs to the agent of pid {pid} on this host, which is"
-                f" gone; its lease {held.lease:x} expires in {ttl}s (or start that agent again)"
-            )
-        if held.lease and not gone:
-            what = f"a live {data.get('role', 'checker')}"
-            if this_host:
-                raise CheckerNameInUse(
-                    f"checker name {name} is in use by {what} on this host (pid {pid}, {key}):"
-                    " stop it first, or give this checker another --name"
-                )
-            ttl = await store.time_to_live(held.lease)
-            raise CheckerNameInUse(
-                f"checker name {name} is in use by {what} on host {data.get('host', '?')}"
-                f" (pid {pid}, {key}, lease {held.lease:x}, {ttl}s left): stop it, or give"
-                " this checker another --name (if it crashed, its lease expires within that time)"
-            )
-        if held.lease and pid != os.getpid():
-            # An earlier incarnation on this host: its verdicts are stale.
-            log.info(
-                "checker name %s: taking over from pid %s, gone; revoking its lease %x",
-                name,
-                pid,
-                held.lease,
-            )
-            await store.revoke(held.lease)
-        else:
-            await store.txn([Compare.mod_revision(key, "==", held.mod_revision)], [Op.delete(key)])
-    raise CheckerNameInUse(
-        f"checker name {name}: {key} keeps changing; is another checker starting?"
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -595,7 +259,7 @@ class Checker:
             elif st.job != job:
                 st.job = job
                 st.successes = st.failures = 0
-                st.connects = _NEVER
+                st.connects = NEVER
                 if self._running:
                     self._unschedule(rk)
                     self._schedule_first(rk)
@@ -775,7 +439,7 @@ class Checker:
                 "%s of %s is %s: %s",
                 job.real_label,
                 job.service_label,
-                _verdict_text(st),
+                verdict_text(st),
                 result.detail,
             )
             self._pending[job.key] = st.value()
@@ -962,146 +626,3 @@ def _forget_metrics(st: RealState) -> None:
     for family in (metrics.real_up, metrics.real_weight):
         with contextlib.suppress(KeyError):
             family.remove(*values)
-
-
-# ---------------------------------------------------------------------------
-# the checker-only worker
-
-
-class _LeaseHolder:
-    """The standalone checker's own lease: granted, kept alive, re-granted when lost."""
-
-    def __init__(self, store: Store, ttl: int) -> None:
-        self.store = store
-        self.ttl = max(2, ttl)
-        self.lease_id = 0
-
-    async def run(self) -> None:
-        while True:
-            if not self.lease_id:
-                try:
-                    self.lease_id = (await self.store.grant(self.ttl)).id
-                    log.info("checker lease %x granted (TTL %ds)", self.lease_id, self.ttl)
-                except EtcdError as e:
-                    log.warning("cannot take a lease yet: %s", e)
-                    await asyncio.sleep(1.0)
-                    continue
-            await asyncio.sleep(self.ttl / 3)
-            try:
-                answer = await self.store.keepalive_once(self.lease_id, timeout=self.ttl / 3)
-            except EtcdError as e:
-                log.warning("lease keepalive failed: %s", e)
-                continue
-            if answer.ttl <= 0:
-                log.warning("checker lease %x expired; taking a new one", self.lease_id)
-                self.lease_id = 0
-
-    async def revoke(self) -> None:
-        if self.lease_id:
-            with contextlib.suppress(EtcdError):
-                await self.store.revoke(self.lease_id)
-            self.lease_id = 0
-
-
-async def run_standalone(
-    settings: EtcdSettings,
-    keyspace: Keyspace,
-    name: str,
-    *,
-    checks_dir: Path | None = None,
-    listen: tuple[str, int] | None = None,
-    ready: Callable[[Checker], None] | None = None,
-) -> None:
-    """``etcdha checker start``: check the reals of the stored config until cancelled.
-
-    The lease TTL is the spec's election.lease_ttl; the lease is revoked on the
-    way out, so this checker's verdicts disappear with it.
-    """
-    validate_name(name, "checker name")
-    async with await Store.connect(settings) as store:
-        spec: ClusterSpec | None = None
-        config_rev = 0
-        said = False
-        while spec is None:
-            kv = await store.get(keyspace.config())
-            if kv is not None:
-                stored = parse_stored(kv, keyspace)
-                spec, config_rev = stored.spec, kv.mod_revision
-                if stored.problem is not None:
-                    log.error("the stored config is invalid: %s", stored.problem)
-            if spec is None:
-                if not said:
-                    log.info("waiting for a config at %s", keyspace.config())
-                    said = True
-                await asyncio.sleep(1.0)
-        holder = _LeaseHolder(store, math.ceil(spec.election.lease_ttl))
-        holder.lease_id = (await store.grant(holder.ttl)).id
-        try:
-            await claim_name(store, keyspace, name, holder.lease_id, "worker")
-        except BaseException:
-            await asyncio.shield(holder.revoke())
-            raise
-        current = spec
-        checker = Checker(
-            store,
-            keyspace,
-            name,
-            lambda: current,
-            lambda: holder.lease_id,
-            checks_dir=checks_dir,
-            role="worker",
-        )
-        http: HTTPServer | None = None
-        if listen is not None:
-            http = HTTPServer(
-                listen[0],
-                listen[1],
-                lambda: (True, "ok"),
-                lambda: (bool(holder.lease_id), "ok" if holder.lease_id else "no lease"),
-            )
-            await http.start()
-
-        async def follow_config() -> None:
-            nonlocal current
-            revision = config_rev
-            while True:
-                try:
-                    async for batch in store.watch_prefix(keyspace.config(), revision + 1):
-                        revision = batch.revision
-                        for event in batch.events:
-                            if event.kv.key != keyspace.config() or not event.kv.value:
-                                continue
-                            stored = parse_stored(event.kv, keyspace)
-                            if stored.spec is None:
-                                log.error("ignoring an invalid config: %s", stored.problem)
-                                continue
-                            current = stored.spec
-                            log.info("config revision %d is in force", event.kv.mod_revision)
-                            checker.update(current)
-                except WatchCompacted:
-                    kvs, revision = await store.get_prefix(keyspace.config())
-                    for kv in kvs:
-                        stored = parse_stored(kv, keyspace)
-                        if kv.key == keyspace.config() and stored.spec is not None:
-                            current = stored.spec
-                            checker.update(current)
-
-        checker.update(current)
-        freeze_gc()
-        log.info(
-            "checker %s: %d real servers, %s event loop",
-            name,
-            len(checker.states),
-            type(asyncio.get_running_loop()).__module__.split(".")[0],
-        )
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(holder.run(), name="lease")
-                tg.create_task(follow_config(), name="config")
-                tg.create_task(checker.run(), name="checker")
-                if ready is not None:
-                    ready(checker)
-        finally:
-            if http is not None:
-                await http.close()
-            await asyncio.shield(holder.revoke())

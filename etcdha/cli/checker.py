@@ -12,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from etcdha.checker import CheckerNameInUse, default_checks_dir, loop_factory, run_standalone
+from etcdha.checker import CheckerNameInUse, default_checks_dir, loop_factory
+from etcdha.checker_worker import run_standalone
 from etcdha.cli.common import EXIT_CODES_HELP, Conn, Exit, fail, with_conn
 from etcdha.keyspace import is_valid_name
 from etcdha.store import EtcdError, EtcdUnavailable

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from etcdha.checker import Checker, run_standalone
+from etcdha.checker import Checker
+from etcdha.checker_worker import run_standalone
 from etcdha.keyspace import Keyspace
 from etcdha.lab.etcd_process import EtcdServer
 from etcdha.lab.realservers import HTTPBehaviour, HTTPServers, start_http
