@@ -113,7 +113,10 @@ def test_pgsql(scratch: Path) -> None:
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
     server = [*as_pg, str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), "-k",
-              str(scratch), "-c", "listen_addresses=127.0.0.1", "-F"]  # fmt: skip
+              str(scratch), "-c", "listen_addresses=127.0.0.1", "-F",
+              # Shared memory segments in the data folder, which goes with the
+              # test: a killed server leaves nothing behind in /dev/shm.
+              "-c", "dynamic_shared_memory_type=mmap"]  # fmt: skip
     with daemon(server, port):
         ok = dict(login="monitor", password="s3cret", database="postgres", request="SELECT 1")
         r = run_check("pgsql", port, **ok)
