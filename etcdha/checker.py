@@ -312,10 +312,11 @@ class Checker:
 
         return {"p50": pick(0.5), "p99": pick(0.99), "max": data[-1], "n": float(len(data))}
 
-    # -- scheduling: one heap and one timer for every real; a short-lived task
-    # per check. (A task per real would keep thousands of sleeping futures and
-    # timer handles alive for a whole interval each, and the garbage collector
-    # walks them all in every full collection: tens of milliseconds of slip.)
+    # -- scheduling: one heap and one timer for every real; each check is
+    # started directly or as a short-lived task. (A task per real would keep
+    # thousands of sleeping futures and timer handles alive for a whole
+    # interval each, and the garbage collector walks them all in every full
+    # collection: tens of milliseconds of slip.)
 
     def _schedule_first(self, rk: RealKey) -> None:
         interval = self.states[rk].job.interval

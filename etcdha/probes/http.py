@@ -9,6 +9,9 @@
   followed: list 3xx statuses in ``expected_status`` to accept them.
 * https: certificates are not verified (as ldirectord) unless ``verify_tls``;
   SNI is ``virtualhost`` when that is a name.
+* Plain HTTP runs on the probe engine (:mod:`etcdha.probes._engine`), https on
+  asyncio's TLS streams; both judge the answer with :func:`judge` as it comes
+  in, so a verdict never waits for more than it needs.
 """
 
 from __future__ import annotations
