@@ -116,10 +116,6 @@ class ProbeEngine:
         self._idle_timer: asyncio.TimerHandle | None = None
         self._last_busy = 0.0
 
-    @property
-    def active(self) -> int:
-        return len(self._open)
-
     def start(
         self,
         target: Target,
