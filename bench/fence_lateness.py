@@ -17,11 +17,10 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 
 from pyroute2 import AsyncIPRoute
 
-from etcdha import network
+from etcdha import clock, network
 from etcdha.fence import FenceClient, FenceError
 from etcdha.lab.netns import Topology
 
@@ -33,7 +32,7 @@ async def _gone_at(ns: str) -> float:
     async with AsyncIPRoute(netns=ns, flags=0) as ipr:
         for _ in range(5000):
             found = {m.get("IFA_LOCAL") async for m in await ipr.addr("dump")}
-            now = time.monotonic()  # after the answer: never earlier than the removal
+            now = clock.now()  # after the answer: never earlier than the removal
             if not found & wanted:
                 return now
             await asyncio.sleep(0.002)
@@ -70,7 +69,7 @@ async def main(rounds: int) -> None:
             for _ in range(rounds):
                 for ifname, ip, plen in ADDRESSES:
                     await network.add_address(ifname, ip, plen, netns=ns)
-                deadline = time.monotonic() + 0.2
+                deadline = clock.now() + 0.2
                 await client.arm("bench", deadline, ADDRESSES)
                 seen_ms.append((await _gone_at(ns) - deadline) * 1000)
                 guard_ms.append((await client.status())["fired"][-1]["late_ms"])

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from etcdha import __version__, metrics, network, resources
+from etcdha import __version__, clock, metrics, network, resources
 from etcdha.agent_ipvs import IPVSDuties
 from etcdha.checker import Checker, CheckerNameInUse, claim_name, freeze_gc
 from etcdha.election import GroupRunner, LeaseKeeper
@@ -372,8 +372,8 @@ class Agent:
         asked = 0.0
         while True:
             remaining = self.keeper.remaining()
-            if remaining > 0 and time.monotonic() - asked > 0.5 and self._failsafe_due():
-                asked = time.monotonic()
+            if remaining > 0 and clock.now() - asked > 0.5 and self._failsafe_due():
+                asked = clock.now()
                 await self._failsafe_extend(remaining)
                 remaining = self.keeper.remaining()
             if remaining > 0:
@@ -592,7 +592,7 @@ class Agent:
                 self.view.set_leader(group.name, None, now)
             elif d.action is Action.campaign and self.failsafe and not self.failsafe.may_campaign():
                 log.info("group %s: not campaigning, bound by a failsafe promise", group.name)
-                self._schedule(max(0.1, self.failsafe.promised_until - now))
+                self._schedule(max(0.1, self.failsafe.promised_until - clock.now()))
             elif d.action is Action.campaign and self.keeper.alive():
                 won = await runner.campaign(self.keeper.lease_id, d.reason)
                 if won and runner.term is not None:

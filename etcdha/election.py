@@ -2,7 +2,7 @@
 
 Safety rests on one rule: a leader drops its addresses before its lease can
 expire in etcd. The deadline is the send time of the last acknowledged
-keepalive + the lease TTL - a margin, on the monotonic clock; etcd cannot
+keepalive + the lease TTL - a margin, on CLOCK_BOOTTIME (etcdha.clock); etcd cannot
 expire the lease before send time + TTL, because it restarts the TTL only when
 it receives the keepalive. The fence guard process is armed with the same
 deadline, so the rule also holds when this process is killed or frozen.
@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from etcdha import metrics
+from etcdha import clock, metrics
 from etcdha.events import event_op, now_rfc3339
 from etcdha.fence import FenceClient, FenceError
 from etcdha.keyspace import Keyspace
@@ -49,31 +49,31 @@ class LeaseKeeper:
         self.margin = margin
         self.on_renew = on_renew
         self.lease_id = 0
-        self.deadline = 0.0  # monotonic; addresses must be gone by then
-        self.last_ack = 0.0  # monotonic send time of the last acknowledged keepalive
+        self.deadline = 0.0  # clock.now() value; addresses must be gone by then
+        self.last_ack = 0.0  # clock.now() at the send of the last acknowledged keepalive
         self.lost = asyncio.Event()
 
     def alive(self) -> bool:
-        return self.lease_id != 0 and time.monotonic() < self.deadline
+        return self.lease_id != 0 and clock.now() < self.deadline
 
     def remaining(self) -> float:
-        return self.deadline - time.monotonic()
+        return self.deadline - clock.now()
 
     def unreachable(self) -> bool:
         """The last keepalive went unanswered."""
-        return time.monotonic() - self.last_ack > 1.2 * self.interval
+        return clock.now() - self.last_ack > 1.2 * self.interval
 
     async def probe(self, limit: float) -> bool:
         """Can we reach etcd right now? One keepalive, bounded; counts if it works."""
-        if time.monotonic() - self.last_ack < 0.5 * self.interval:
+        if clock.now() - self.last_ack < 0.5 * self.interval:
             return True
         try:
             result = await self.store.keepalive_once(self.lease_id, timeout=limit)
         except EtcdError:
             return False
         if result.ttl > 0:
-            self.last_ack = result.sent_at_monotonic
-            self.deadline = max(self.deadline, result.sent_at_monotonic + result.ttl - self.margin)
+            self.last_ack = result.sent_at
+            self.deadline = max(self.deadline, result.sent_at + result.ttl - self.margin)
         return True
 
     def extend(self, deadline: float) -> None:
@@ -81,7 +81,7 @@ class LeaseKeeper:
         self.deadline = max(self.deadline, deadline)
 
     async def grant(self) -> int:
-        sent = time.monotonic()
+        sent = clock.now()
         lease = await self.store.grant(self.ttl)
         self.lease_id = lease.id
         self.last_ack = sent
@@ -100,8 +100,8 @@ class LeaseKeeper:
         if result.ttl <= 0:
             return False
         self.lease_id = lease_id
-        self.last_ack = result.sent_at_monotonic
-        self.deadline = result.sent_at_monotonic + result.ttl - self.margin
+        self.last_ack = result.sent_at
+        self.deadline = result.sent_at + result.ttl - self.margin
         self.lost.clear()
         log.info("reclaimed lease %x left by the previous agent (TTL %ds)", lease_id, result.ttl)
         return True
@@ -109,7 +109,7 @@ class LeaseKeeper:
     async def run(self) -> None:
         """Keep the lease alive until it is lost; then set `lost` and return."""
         while True:
-            started = time.monotonic()
+            started = time.monotonic()  # asyncio sleeps on the monotonic clock
             timeout = max(0.2, min(self.interval, self.remaining()))
             try:
                 result = await self.store.keepalive_once(self.lease_id, timeout=timeout)
@@ -121,15 +121,13 @@ class LeaseKeeper:
                     self.remaining(),
                 )
             else:
-                metrics.keepalive_duration.observe(time.monotonic() - result.sent_at_monotonic)
+                metrics.keepalive_duration.observe(clock.now() - result.sent_at)
                 if result.ttl <= 0:
                     log.error("lease %x has expired in etcd; all leadership is gone", self.lease_id)
                     self.lost.set()
                     return
-                self.last_ack = result.sent_at_monotonic
-                self.deadline = max(
-                    self.deadline, result.sent_at_monotonic + result.ttl - self.margin
-                )
+                self.last_ack = result.sent_at
+                self.deadline = max(self.deadline, result.sent_at + result.ttl - self.margin)
                 metrics.lease_deadline.set(self.remaining())
                 await self.on_renew(self.deadline)
             await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
@@ -261,7 +259,7 @@ class GroupRunner:
             started: list[Resource] = []
             try:
                 for r in self.resources:
-                    if time.monotonic() >= deadline:
+                    if clock.now() >= deadline:
                         # The guard may have fired already: adding more would outlive it.
                         raise ResourceError("the lease deadline passed while starting")
                     await r.start()

@@ -37,12 +37,12 @@ class Lease:
 class KeepaliveResult:
     """Answer to one keepalive. ``ttl <= 0``: the lease is gone.
 
-    ``sent_at_monotonic`` is ``time.monotonic()`` taken just before the request
-    was written, so ``sent_at_monotonic + ttl`` never exceeds the true expiry.
+    ``sent_at`` is :func:`etcdha.clock.now` (CLOCK_BOOTTIME) taken just before the
+    request was written, so ``sent_at + ttl`` never exceeds the true expiry.
     """
 
     ttl: int
-    sent_at_monotonic: float
+    sent_at: float
 
 
 class EventType(enum.Enum):

@@ -23,10 +23,11 @@ import asyncio
 import json
 import logging
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from etcdha import clock
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class Failsafe:
         self.tls = tls
         self.reaches_etcd = reaches_etcd
         self.promise_for = promise_for
-        self.promised_until = 0.0  # monotonic; we may not campaign before it
+        self.promised_until = 0.0  # clock.now() value; we may not campaign before it
         self._server: asyncio.Server | None = None
 
     # -- answering
@@ -85,7 +86,7 @@ class Failsafe:
             await self._server.wait_closed()
 
     def may_campaign(self) -> bool:
-        return time.monotonic() >= self.promised_until
+        return clock.now() >= self.promised_until
 
     async def answer(self, requester: str) -> dict[str, object]:
         if requester == self.node:
@@ -94,7 +95,7 @@ class Failsafe:
         if await self.reaches_etcd(PROBE_LIMIT):
             return {"node": self.node, "promise": False, "why": "I can reach etcd"}
         duration = self.promise_for()
-        self.promised_until = max(self.promised_until, time.monotonic() + duration)
+        self.promised_until = max(self.promised_until, clock.now() + duration)
         log.warning(
             "failsafe: promised %s not to campaign for %.1fs: neither of us reaches etcd",
             requester,
@@ -155,10 +156,10 @@ class Failsafe:
         return peer, float(reply["for"])
 
     async def confirm(self, peers: dict[str, tuple[str, int]], limit: float) -> float | None:
-        """Ask every peer; the monotonic time until which all promised, or None."""
+        """Ask every peer; the clock.now() value until which all promised, or None."""
         if not peers:
             return None
-        sent = time.monotonic()
+        sent = clock.now()
         results = await asyncio.gather(
             *(self._ask(name, host, port, limit) for name, (host, port) in peers.items()),
             return_exceptions=True,

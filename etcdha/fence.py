@@ -31,12 +31,14 @@ connection.
 
 ``{"op": "hello", "agent": "node1", "pid": 1234}``
     Optional; names the client in the guard's log. Reply: ``pid`` (the
-    guard's), ``version`` (protocol version, 1).
+    guard's), ``version`` (protocol version, 2).
 
 ``{"op": "arm", "group": "web", "deadline": 81234.56, "addresses": [["eth0", "192.0.2.200", 24]]}``
-    Arm or re-arm a group. ``deadline`` is a ``time.monotonic()`` value
-    (CLOCK_MONOTONIC is one clock for the whole system, so it means the same
-    instant in both processes); ``addresses`` are ``[ifname, ip, prefixlen]``
+    Arm or re-arm a group. ``deadline`` is a CLOCK_BOOTTIME value
+    (:func:`etcdha.clock.now`; one clock for the whole system, so it means the
+    same instant in both processes, and it keeps counting while the machine is
+    suspended, as etcd's clock does). Version 1 guards took CLOCK_MONOTONIC
+    values; the client converts for them. ``addresses`` are ``[ifname, ip, prefixlen]``
     triples and replace the group's previous list. Reply: ``remaining``
     (seconds) and ``was_expired``: true if the group's previous deadline ran
     out and the guard removed its addresses since the last arm (the agent
@@ -48,7 +50,7 @@ connection.
     them itself). Disarming an unknown group is not an error.
 
 ``{"op": "status"}``
-    Reply: ``pid``, ``version``, ``now`` (the guard's monotonic clock),
+    Reply: ``pid``, ``version``, ``now`` (the guard's CLOCK_BOOTTIME),
     ``clients`` (connected now), ``groups`` (name -> ``deadline``,
     ``remaining``, ``addresses``), ``fired`` (the last removals: group,
     deadline, ``late_ms`` = how long after the deadline the addresses were
@@ -94,11 +96,11 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
 
-from etcdha import network
+from etcdha import clock, network
 
 log = logging.getLogger("etcdha.fence")
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 DEFAULT_IDLE_EXIT = 60.0
 DEFAULT_TICK = 0.05
 _RETRY_INTERVAL = 1.0
@@ -187,7 +189,7 @@ class FenceGuard:
     _pending: list[_Pending] = field(default_factory=list)
     _expired: set[str] = field(default_factory=set)  # expired and not re-armed or disarmed
     _clients: int = 0
-    _idle_since: float = field(default_factory=time.monotonic)
+    _idle_since: float = field(default_factory=clock.now)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -223,7 +225,7 @@ class FenceGuard:
 
     async def _timer(self) -> None:
         while not self._stop.is_set():
-            now = time.monotonic()
+            now = clock.now()
             for group in [g for g in self.groups.values() if g.deadline <= now]:
                 if self.groups.get(group.name) is group:  # not re-armed meanwhile
                     await self._expire(group)
@@ -271,7 +273,7 @@ class FenceGuard:
             del self.groups[group.name]
         self._expired.add(group.name)
         outcome = await self._remove(group.addresses)
-        late_ms = (time.monotonic() - group.deadline) * 1000.0
+        late_ms = (clock.now() - group.deadline) * 1000.0
         why = (
             "the connected agent did not renew it (frozen, or cut off from etcd)"
             if self._clients
@@ -288,7 +290,7 @@ class FenceGuard:
             extra += f"; failed, retrying every {_RETRY_INTERVAL:g}s: "
             extra += _describe_addresses(outcome["failed"])
             self._pending.append(
-                _Pending(group.name, outcome["failed"], time.monotonic() + _RETRY_INTERVAL)
+                _Pending(group.name, outcome["failed"], clock.now() + _RETRY_INTERVAL)
             )
         log.warning(
             "fence: %s for group %r because its lease deadline passed %.1f ms ago and %s%s",
@@ -308,7 +310,7 @@ class FenceGuard:
         )
 
     async def _retry_pending(self) -> None:
-        now = time.monotonic()
+        now = clock.now()
         still: list[_Pending] = []
         for pending in self._pending:
             if pending.group in self.groups:
@@ -365,13 +367,13 @@ class FenceGuard:
                     return
         finally:
             self._clients -= 1
-            self._idle_since = time.monotonic()
+            self._idle_since = clock.now()
             if self.groups:
                 log.info(
                     "fence guard: %s disconnected; keeping %s armed",
                     name,
                     ", ".join(
-                        f"{g.name!r} ({g.deadline - time.monotonic():.2f}s left)"
+                        f"{g.name!r} ({g.deadline - clock.now():.2f}s left)"
                         for g in self.groups.values()
                     ),
                 )
@@ -399,14 +401,14 @@ class FenceGuard:
             if not isinstance(group, str) or not group:
                 raise ValueError("group must be a non-empty string")
             if isinstance(deadline, bool) or not isinstance(deadline, int | float):
-                raise ValueError("deadline must be a number (a time.monotonic() value)")
+                raise ValueError("deadline must be a number (a CLOCK_BOOTTIME value)")
             addresses = _parse_addresses(request.get("addresses", []))
             entry = _Group(group, float(deadline), addresses)
             was_expired = group in self._expired
             self._expired.discard(group)
             self.groups[group] = entry
             self._pending = [p for p in self._pending if p.group != group]
-            remaining = entry.deadline - time.monotonic()
+            remaining = entry.deadline - clock.now()
             if remaining <= 0:
                 await self._expire(entry)
                 return {
@@ -425,7 +427,7 @@ class FenceGuard:
             self._pending = [p for p in self._pending if p.group != group]
             return {"ok": True}
         if op == "status":
-            now = time.monotonic()
+            now = clock.now()
             return {
                 "ok": True,
                 "pid": os.getpid(),
@@ -565,6 +567,7 @@ class FenceClient:
         self.log_file = log_file
         self.timeout = timeout
         self.guard_pid: int | None = None
+        self.guard_version = PROTOCOL_VERSION
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._lock = asyncio.Lock()
@@ -615,7 +618,9 @@ class FenceClient:
                 await asyncio.sleep(0.02)
         hello = await self._exchange({"op": "hello", "agent": self.agent, "pid": os.getpid()})
         self.guard_pid = hello.get("pid")
-        now = time.monotonic()
+        version = hello.get("version")
+        self.guard_version = version if isinstance(version, int) else 1
+        now = clock.now()
         for group, (deadline, addresses) in list(self._armed.items()):
             if deadline > now:
                 await self._exchange(self._arm_request(group, deadline, addresses))
@@ -624,6 +629,10 @@ class FenceClient:
         assert self._reader is not None and self._writer is not None
         self._next_id += 1
         request = {**request, "id": self._next_id}
+        if request.get("op") == "arm" and self.guard_version < 2:
+            # A guard of the previous version (left running across an upgrade)
+            # counts on CLOCK_MONOTONIC.
+            request["deadline"] = clock.monotonic_of(request["deadline"])
         self._writer.write(json.dumps(request).encode() + b"\n")
         async with asyncio.timeout(self.timeout):
             await self._writer.drain()
@@ -663,7 +672,7 @@ class FenceClient:
     async def arm(
         self, group: str, deadline: float, addresses: Iterable[Address | AddressLike]
     ) -> dict[str, Any]:
-        """Guard ``addresses`` of ``group`` until ``deadline`` (a time.monotonic() value).
+        """Guard ``addresses`` of ``group`` until ``deadline`` (a :func:`etcdha.clock.now` value).
 
         ``addresses`` are ``(ifname, ip, prefixlen)`` tuples or objects with those
         attributes. The reply's ``was_expired`` tells whether the guard removed

@@ -13,7 +13,7 @@ owns everything around them:
   provably never left this process; a write whose outcome is unknown is reported
   (``EtcdUnavailable.maybe_committed``), never sent twice;
 * a lease keepalive primitive over one persistent LeaseKeepAlive stream, which
-  returns the monotonic time the keepalive was sent, for fencing;
+  returns when the keepalive was sent (CLOCK_BOOTTIME), for fencing;
 * prefix watches that resume after a disconnect from the last delivered
   revision + 1 (no event missed, none repeated) and raise :class:`WatchCompacted`
   when that revision is gone.
@@ -30,7 +30,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -47,6 +46,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from etcdha import clock
 from etcdha.etcd_errors import (
     EtcdAuthError,
     EtcdError,
@@ -719,7 +719,7 @@ class Store:
         """Renew a lease once over the shared keepalive stream.
 
         Returns the TTL etcd granted (``<= 0``: the lease is gone) and the
-        monotonic time just before the request was sent. Raises
+        time (CLOCK_BOOTTIME) just before the request was sent. Raises
         ``EtcdUnavailable`` if no answer came within ``timeout`` (default:
         ``request_timeout``); a broken stream is reopened, on another
         endpoint if needed, by the next call.
@@ -740,11 +740,11 @@ class Store:
                     fut = loop.create_future()
                     stream.pending.setdefault(lease_id, collections.deque()).append(fut)
                     async with stream.write_lock:
-                        sent_at = time.monotonic()
+                        sent_at = clock.now()
                         await stream.call.write(pb.LeaseKeepAliveRequest(ID=lease_id))
                     ttl = await fut
                     answered = True
-                return KeepaliveResult(ttl=ttl, sent_at_monotonic=sent_at)
+                return KeepaliveResult(ttl=ttl, sent_at=sent_at)
             except TimeoutError:
                 if stream is not None:
                     # A stream that stops answering is as good as dead: drop it so the

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 
+from etcdha import clock
 from etcdha.fence import FenceClient
 
 
@@ -33,7 +33,7 @@ async def main() -> None:
 
     client = FenceClient(args.socket, agent="test-agent", idle_exit=10, log_file=args.log)
     await client.connect()
-    deadline = time.monotonic() + args.ttl
+    deadline = clock.now() + args.ttl
     await client.arm(args.group, deadline, addresses)
     print(f"armed {deadline} {client.guard_pid}", flush=True)
     while True:
@@ -41,7 +41,7 @@ async def main() -> None:
             await asyncio.sleep(3600)
             continue
         await asyncio.sleep(args.renew_every)
-        deadline = time.monotonic() + args.ttl
+        deadline = clock.now() + args.ttl
         await client.arm(args.group, deadline, addresses)
         print(f"renewed {deadline}", flush=True)
 

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 from pyroute2 import AsyncIPRoute
 
+from etcdha import clock
 from etcdha.fence import FenceClient, FenceError
 from etcdha.lab.netns import LabProcess, Topology, pid_alive
 
@@ -84,13 +84,13 @@ def start_guard(f: Fenced, idle_exit: float = 10.0) -> LabProcess:
 
 async def connect(f: Fenced) -> FenceClient:
     client = FenceClient(f.socket, agent="pytest", spawn=False)
-    deadline = time.monotonic() + 5
+    deadline = clock.now() + 5
     while True:
         try:
             await client.connect()
             return client
         except FenceError:
-            if time.monotonic() > deadline:
+            if clock.now() > deadline:
                 raise
             await asyncio.sleep(0.02)
 
@@ -155,11 +155,11 @@ def exists(path: str) -> bool:
 
 async def wait_gone(ns: str, timeout: float = 5.0) -> float:  # noqa: ASYNC109
     """Poll (every ~2 ms) until the VIP and DIP are both gone; returns when."""
-    limit = time.monotonic() + timeout
+    limit = clock.now() + timeout
     async with AsyncIPRoute(netns=ns, flags=0) as ipr:
         while True:
             found = {m.get("IFA_LOCAL") async for m in await ipr.addr("dump")}
-            now = time.monotonic()  # after the answer: never earlier than the removal
+            now = clock.now()  # after the answer: never earlier than the removal
             if not found & {ip for _, ip, _ in ADDRESSES}:
                 return now
             assert now < limit, f"still present after {timeout}s: {found}"
@@ -167,14 +167,14 @@ async def wait_gone(ns: str, timeout: float = 5.0) -> float:  # noqa: ASYNC109
 
 
 async def sleep_until(deadline: float) -> None:
-    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+    await asyncio.sleep(max(0.0, deadline - clock.now()))
 
 
 async def test_guard_removes_addresses_at_the_deadline(fenced: Fenced) -> None:
     guard = start_guard(fenced)
     client = await connect(fenced)
     try:
-        deadline = time.monotonic() + 0.6
+        deadline = clock.now() + 0.6
         reply = await client.arm("web", deadline, ADDRESSES)
         assert reply["remaining"] > 0.5 and reply["was_expired"] is False
         await sleep_until(deadline - 0.1)
@@ -200,7 +200,7 @@ async def test_guard_removes_addresses_at_the_deadline(fenced: Fenced) -> None:
 
         # the next arm learns that the guard took the addresses
         fenced.topo.add_address("d", "eth0", "192.0.2.200/24")
-        reply = await client.arm("web", time.monotonic() - 1, ADDRESSES)
+        reply = await client.arm("web", clock.now() - 1, ADDRESSES)
         assert reply["expired"] is True and reply["was_expired"] is True
         assert await present(fenced.ns) == set()
     finally:
@@ -211,9 +211,9 @@ async def test_rearm_keeps_addresses_and_disarm_leaves_them(fenced: Fenced) -> N
     start_guard(fenced)
     client = await connect(fenced)
     try:
-        until = time.monotonic() + 1.0
-        while time.monotonic() < until:
-            await client.arm("web", time.monotonic() + 0.3, ADDRESSES)
+        until = clock.now() + 1.0
+        while clock.now() < until:
+            await client.arm("web", clock.now() + 0.3, ADDRESSES)
             await asyncio.sleep(0.1)
             assert len(await present(fenced.ns)) == 2
         await client.disarm("web")
@@ -234,7 +234,7 @@ async def test_guard_outlives_a_killed_agent(fenced: Fenced) -> None:
     assert agent.aproc is not None
     await agent.aproc.wait()
 
-    assert deadline - time.monotonic() > 0.2, "the agent took too long to start"
+    assert deadline - clock.now() > 0.2, "the agent took too long to start"
     assert len(await present(fenced.ns)) == 2
     late = await wait_gone(fenced.ns) - deadline
     print(f"agent killed: addresses gone {late * 1000:.1f} ms after the deadline")
@@ -246,7 +246,7 @@ async def test_guard_outlives_a_killed_agent(fenced: Fenced) -> None:
     client = await connect(fenced)
     try:
         assert client.guard_pid == guard_pid
-        reply = await client.arm("web", time.monotonic() + 5, ADDRESSES)
+        reply = await client.arm("web", clock.now() + 5, ADDRESSES)
         assert reply["was_expired"] is True
         await client.disarm("web")
     finally:
@@ -259,7 +259,7 @@ async def test_new_agent_rearms_before_the_deadline(fenced: Fenced) -> None:
     client = await connect(fenced)
     try:
         assert client.guard_pid == guard_pid
-        reply = await client.arm("web", time.monotonic() + 1.5, ADDRESSES)
+        reply = await client.arm("web", clock.now() + 1.5, ADDRESSES)
         assert reply["was_expired"] is False
         await sleep_until(deadline + 0.3)
         assert len(await present(fenced.ns)) == 2  # kept across the "restart"
