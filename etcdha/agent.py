@@ -22,20 +22,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from etcdha import __version__, clock, metrics, network, resources
+from etcdha import __version__, clock, membership, metrics, network, resources
 from etcdha.agent_ipvs import IPVSDuties
 from etcdha.checker import Checker, CheckerNameInUse, claim_name, freeze_gc
-from etcdha.election import GroupRunner, LeaseKeeper
-from etcdha.election_rules import Action, ClusterView, Leader, Member, decide
+from etcdha.election import GroupRunner, LeaseKeeper, Phase
+from etcdha.election_rules import Action, ClusterView, Leader, Member, decide, may_place
 from etcdha.eligibility import Eligibility
 from etcdha.events import now_rfc3339
 from etcdha.failsafe import PROBE_LIMIT, Failsafe, TLSFiles
-from etcdha.fence import FenceClient
+from etcdha.fence import FenceClient, FenceError
+from etcdha.fence_record import FenceRecord
 from etcdha.httpd import HTTPServer
 from etcdha.keyspace import Keyspace
-from etcdha.membership import AlreadyRunning, StartupError, boot_id, register
+from etcdha.membership import (
+    AlreadyRunning,
+    Handoff,
+    RunLock,
+    StartupError,
+    Superseded,
+    boot_id,
+    new_instance,
+    register,
+)
 from etcdha.notify import Notifier
-from etcdha.spec import ClusterSpec, EtcdUnreachable
+from etcdha.spec import ClusterSpec, EtcdUnreachable, Group
 from etcdha.spec_load import Loaded
 from etcdha.spec_types import split_host_port
 from etcdha.store import EtcdError, EtcdSettings, Op, Store, WatchCompacted
@@ -73,13 +83,18 @@ class Agent:
         self.runners: dict[str, GroupRunner] = {}
         self._member_value: bytes = b""
         self._next_wake: float | None = None
-        self._pending: list[Coroutine[Any, Any, None]] = []  # resource updates to run
+        self._pending: list[Coroutine[Any, Any, object]] = []  # resource updates to run
         self.failsafe: Failsafe | None = None
         self.checker: Checker | None = None
         self._lease_timings: tuple[float, float, float] | None = None  # the lease's own
         self.ipvs: IPVSDuties | None = None
         self._kernel_checked = 0.0
         self._handed_over: dict[str, float] = {}  # group -> when we last handed it over
+        self._gated: dict[str, str] = {}  # group -> why it waits (said once)
+        self.instance = new_instance()  # tells this process from a twin anywhere
+        self.lock = RunLock(opts.run_dir, ks.cluster, opts.node)
+        self.handoff = Handoff(opts.run_dir, ks.cluster, opts.node)
+        self.superseded: str | None = None  # why this agent stopped for a twin
 
     # -- start-up
 
@@ -116,7 +131,7 @@ class Agent:
         said = False
         while True:
             kvs, revision = await store.get_prefix(self.ks.root)
-            sync.load(kvs)
+            sync.load(kvs, revision)
             if self.spec is not None:
                 return revision
             if not said:
@@ -135,6 +150,7 @@ class Agent:
             "host": socket.gethostname(),
             "boot_id": boot_id(),
             "pid": os.getpid(),
+            "instance": self.instance,
             "version": __version__,
             "lease": self.keeper.lease_id,
             "eligible": v.eligible if v else False,
@@ -149,7 +165,13 @@ class Agent:
 
     async def _register(self, store: Store) -> None:
         await register(
-            store, self.ks, self.node, self.keeper, lambda: json.dumps(self._member_data()).encode()
+            store,
+            self.ks,
+            self.node,
+            self.keeper,
+            lambda: json.dumps(self._member_data()).encode(),
+            self.handoff,
+            self.instance,
         )
 
     # -- the loop
@@ -157,6 +179,15 @@ class Agent:
     async def run(self) -> None:
         self.started_at = now_rfc3339()
         self.opts.run_dir.mkdir(parents=True, exist_ok=True)
+        self.lock.take()
+        try:
+            await self._run()
+        finally:
+            self.lock.release()
+        if self.superseded is not None:
+            raise Superseded(self.superseded)
+
+    async def _run(self) -> None:
         async with await Store.connect(self.settings) as store:
             self.store = store
             sync = ViewSync(self.ks, self.view, time.monotonic, self._on_config)
@@ -177,6 +208,20 @@ class Agent:
                 spec.election.fence_margin,
                 self._renewed,
             )
+            self.record = FenceRecord(
+                store,
+                self.ks,
+                self.node,
+                lambda: self.keeper.lease_id,
+                lambda: self.keeper.ttl,
+                self.keeper.confirmed,
+            )
+            own = self.view.fences.get(self.node)
+            if own is not None:
+                # An earlier run of this agent may have left these groups' addresses
+                # in place (a planned restart): they stay listed until they are gone.
+                self.record.groups = dict(own.groups)
+                self.record.written = dict(own.groups)
             self.notifier = Notifier(lambda: self._spec().notify)
             self.eligibility = Eligibility(self.node, self._spec, self.view)
             # etcd answered a moment ago (the config read): from here on an outage
@@ -218,9 +263,9 @@ class Agent:
             )
             freeze_gc()
             kvs, revision = await self._read_all()
-            sync.load(kvs)
+            sync.load(kvs, revision)
             self.ipvs.load(kvs, revision)
-            await self._remove_stale_addresses()
+            await self._clear_leftovers()
             await self.eligibility.refresh()
             http = HTTPServer(
                 self.opts.listen_host, self.opts.listen_port, self._healthz, self._readyz
@@ -281,12 +326,20 @@ class Agent:
         raise _Stop
 
     async def _shutdown(self) -> None:
+        if self.stop_mode == "superseded":
+            for runner in self.runners.values():
+                if runner.term is not None or runner.phase is not Phase.idle:
+                    await runner.fenced("another agent runs as this node now")
+            with contextlib.suppress(EtcdError):
+                await self.keeper.revoke()
+            self.fence.close()
+            return
         if self.stop_mode == "restart":
             # The IPVS table and its sync daemons stay, like the addresses.
             self.fence.close()
             return
         for runner in self.runners.values():
-            if runner.term is not None or runner.active:
+            if runner.term is not None or runner.phase is not Phase.idle:
                 await runner.handover("the agent is shutting down")
         if self.ipvs is not None:
             # Standby copies stay in the kernel (warm for the next start); the
@@ -308,7 +361,15 @@ class Agent:
             return
         for g in spec.groups:
             runner = self.runners.get(g.name) or GroupRunner(
-                g.name, self.node, self.store, self.ks, self.fence, self.notifier
+                g.name,
+                self.node,
+                self.store,
+                self.ks,
+                self.fence,
+                self.notifier,
+                self.record,
+                lambda: self.keeper.deadline,
+                self.wake.set,
             )
             self.runners[g.name] = runner
             keys: list[object] = [(r, node, spec.announce) for r in g.resources]
@@ -317,55 +378,128 @@ class Agent:
                 assert isinstance(key, tuple)
                 return resources.build_one(group, *key)
 
-            self._pending.append(runner.update(keys, make, self.keeper.deadline))
+            self._pending.append(runner.update(keys, make))
         self.wake.set()
 
     async def _apply_pending(self) -> None:
         while self._pending:
             await self._pending.pop(0)
 
-    async def _remove_stale_addresses(self) -> None:
-        """Addresses of groups we do not lead must not linger from an earlier run."""
-        for name, runner in self.runners.items():
+    async def _clear_leftovers(self) -> None:
+        """Addresses of groups we do not lead must not linger from an earlier run.
+        Which ones: the group's addresses in the config, and those the fence guard
+        still has armed for it (an earlier run's, whatever the config says now);
+        a group the earlier run's fence record lists is released once they are gone."""
+        try:
+            armed = (await self.fence.status()).get("groups") or {}
+        except FenceError as e:
+            log.warning("cannot ask the fence guard what it guards: %s", e)
+            armed = {}
+        names = set(self.runners) | set(self.record.groups) | set(armed)
+        for name in sorted(names):
             leader = self.view.leaders.get(name)
             if leader and leader.node == self.node and leader.lease == self.keeper.lease_id:
                 continue
-            for r in runner.resources:
+            candidates: list[resources.HeldAddress] = []
+            for item in (armed.get(name) or {}).get("addresses") or []:
+                with contextlib.suppress(ValueError, TypeError):
+                    ifname, ip, prefixlen = item
+                    candidates.append(resources.HeldAddress(str(ifname), str(ip), int(prefixlen)))
+            runner = self.runners.get(name)
+            for r in runner.resources if runner else []:
                 if isinstance(r, resources.AddressRuntime):
                     with contextlib.suppress(resources.ResourceError):
-                        held = await r.resolve()
-                        if await _present(held):
-                            log.warning(
-                                "removing %s/%d from %s: left from an earlier run, and %s "
-                                "does not lead %s",
-                                held.ip,
-                                held.prefixlen,
-                                held.ifname,
-                                self.node,
-                                name,
-                            )
-                            await r.stop()
+                        candidates.append(await r.resolve())
+            gone = True
+            for held in candidates:
+                if not await _present(held):
+                    continue
+                log.warning(
+                    "removing %s from %s: left from an earlier run, and %s does not lead %s",
+                    held.ip,
+                    held.ifname,
+                    self.node,
+                    name,
+                )
+                try:
+                    await resources.remove_held(held)
+                except resources.ResourceError as e:
+                    log.error("group %s: %s", name, e)
+                    gone = False
+            if gone and name in self.record.groups:
+                self.record.release(name)
+            if gone and name in armed:
+                with contextlib.suppress(FenceError):
+                    await self.fence.disarm(name)
+        await self._write_record()
+
+    async def _write_record(self) -> None:
+        """Keep fence/<node> true: refreshed while it lists groups (each write
+        guarded by their leader keys), written once more after a group left it.
+        A group whose key turns out gone is dropped at once."""
+        if not self.record.groups and self.record.settled:
+            return
+        for _ in range(3):
+            try:
+                lost = await self.record.write()
+            except EtcdError as e:
+                log.warning("cannot write %s: %s", self.record.key, e)
+                return
+            if not lost:
+                return
+            for group in lost:
+                self.record.lose_key(group)
+                runner = self.runners.get(group)
+                if runner is not None and (runner.term is not None or runner.may_hold):
+                    await runner.deposed(
+                        "its leader key is gone (deleted, or its lease revoked, behind our back)"
+                    )
+            self.wake.set()
 
     async def _renewed(self, deadline: float) -> None:
+        await self._write_record()
         for runner in self.runners.values():
-            await runner.renew(deadline)
+            await runner.renew()
 
     async def _lease_loop(self) -> None:
         while True:
             await self.keeper.run()
             # The lease is gone in etcd: whatever we held is someone else's now.
             for runner in self.runners.values():
-                if runner.active or runner.term:
-                    await runner.fenced("the lease expired in etcd")
+                if runner.term is not None or runner.phase is not Phase.idle:
+                    await runner.fenced("the lease is gone in etcd")
             while True:
                 try:
                     await self.keeper.grant()
-                    await self._put_member(force=True)
+                    await self._claim_member()
                     break
+                except AlreadyRunning as e:
+                    self._supersede(str(e))
+                    return
                 except EtcdError as e:
                     log.warning("cannot take a new lease yet: %s", e)
                     await asyncio.sleep(1.0)
             self.wake.set()
+
+    async def _claim_member(self) -> None:
+        await membership.claim(
+            self.store,
+            self.ks,
+            self.node,
+            self.keeper,
+            lambda: json.dumps(self._member_data()).encode(),
+            self.handoff,
+            self.instance,
+        )
+        self._member_value = b""
+
+    def _supersede(self, why: str) -> None:
+        """Another agent took this node's name while we had lost our lease: it is the
+        node now. We hold nothing (the lease went, and our addresses with it)."""
+        log.error("%s; this agent stops and leaves the node to it", why)
+        self.superseded = why
+        self.stop_mode = "superseded"
+        self.stopped.set()
 
     async def _fence_timer(self) -> None:
         """Drop addresses at the deadline if no keepalive (or failsafe) moved it."""
@@ -379,8 +513,8 @@ class Agent:
             if remaining > 0:
                 await asyncio.sleep(min(remaining, 0.1))
                 continue
-            active = [r for r in self.runners.values() if r.active]
-            for runner in active:
+            holding = [r for r in self.runners.values() if r.may_hold]
+            for runner in holding:
                 log.error(
                     "group %s: no keepalive acknowledged in time; dropping its addresses "
                     "before the lease can expire in etcd",
@@ -395,7 +529,7 @@ class Agent:
             self.failsafe is not None
             and spec.election.etcd_unreachable is EtcdUnreachable.failsafe
             and self.keeper.unreachable()
-            and any(r.active for r in self.runners.values())
+            and any(r.may_hold for r in self.runners.values())
         )
 
     async def _failsafe_extend(self, remaining: float) -> None:
@@ -471,7 +605,7 @@ class Agent:
                 log.warning("watch on %s broke (%s); re-reading everything", self.ks.root, e)
                 await asyncio.sleep(0.5)
             kvs, revision = await self._read_all()
-            sync.load(kvs)
+            sync.load(kvs, revision)
             if self.ipvs is not None:
                 self.ipvs.load(kvs, revision)
             self.eligibility.poke()
@@ -503,8 +637,13 @@ class Agent:
             return
         metrics.eligible.set(1 if self.eligibility.current().eligible else 0)
         try:
-            await self.store.put(self.ks.member(self.node), value, lease=self.keeper.lease_id)
-            self._member_value = value
+            if await membership.update(self.store, self.ks, self.node, self.keeper.lease_id, value):
+                self._member_value = value
+            elif self.keeper.alive():
+                # Not bound to our live lease: deleted by hand, or another agent's.
+                await self._claim_member()
+        except AlreadyRunning as e:
+            self._supersede(str(e))
         except EtcdError as e:
             log.warning("could not update %s: %s", self.ks.member(self.node), e)
 
@@ -556,73 +695,135 @@ class Agent:
     async def _reconcile(self) -> None:
         spec = self._spec()
         now = time.monotonic()
-        holding_before = {n: r.active for n, r in self.runners.items()}
         for group in spec.groups:
             runner = self.runners.get(group.name)
             if runner is None:
                 continue
-            leader = self.view.leaders.get(group.name)
-            mine = (
-                leader is not None
-                and leader.node == self.node
-                and (leader.lease == self.keeper.lease_id)
-            )
-            if mine and leader is not None and leader.term <= runner.released_term:
-                await runner.finish_release(leader.term)
-                continue
-            if leader is not None and leader.node == self.node and not mine:
-                # A leader key from an earlier lease of ours; it goes with that lease.
-                if runner.active or runner.term:
-                    await runner.deposed("our earlier lease still holds the key")
-                continue
-            d = decide(spec, group, self.view, self._me(), now, self._handed_over.get(group.name))
-            if d.retry_in is not None:
-                self._schedule(d.retry_in)
-            if d.action is Action.hold and leader is not None:
-                if runner.adopt(leader.term) and self.keeper.alive():
-                    await self._activate(runner, group.name)
-            elif d.action is Action.handover:
-                self._handed_over[group.name] = now
-                member = json.dumps(self._member_data()).encode()
-                await runner.handover(
-                    d.reason,
-                    [Op.put(self.ks.member(self.node), member, lease=self.keeper.lease_id)],
-                )
-                # Our view still shows us leading until the watch catches up.
-                self.view.set_leader(group.name, None, now)
-            elif d.action is Action.campaign and self.failsafe and not self.failsafe.may_campaign():
-                log.info("group %s: not campaigning, bound by a failsafe promise", group.name)
-                self._schedule(max(0.1, self.failsafe.promised_until - clock.now()))
-            elif d.action is Action.campaign and self.keeper.alive():
-                won = await runner.campaign(self.keeper.lease_id, d.reason)
-                if won and runner.term is not None:
-                    self.view.set_leader(
-                        group.name,
-                        Leader(self.node, self.keeper.lease_id, runner.term.revision),
-                        now,
-                    )
-                    await self._activate(runner, group.name)
-                else:
-                    self._schedule(0.05)
-            elif d.action in (Action.follow, Action.wait) and (runner.active or runner.term):
-                await runner.deposed(d.reason)
-        if {n: r.active for n, r in self.runners.items()} != holding_before:
-            await self._put_member()
+            await self._reconcile_group(spec, group, runner, now)
+        # What we hold may have changed here or in a start task: members/<node>
+        # says so (written only when its value changed).
+        await self._put_member()
         if self.ipvs is not None:
             await self.ipvs.follow_roles(spec, {n: r.active for n, r in self.runners.items()})
             await self._check_kernel()
+
+    async def _reconcile_group(
+        self, spec: ClusterSpec, group: Group, runner: GroupRunner, now: float
+    ) -> None:
+        name = group.name
+        leader = self.view.leaders.get(name)
+        mine = (
+            leader is not None
+            and leader.node == self.node
+            and (leader.lease == self.keeper.lease_id)
+        )
+        if runner.failure is not None:
+            if await runner.handover(f"its resources failed to start: {runner.failure}"):
+                self._handed_over[name] = now
+            else:
+                self._schedule(1.0)
+            return
+        if mine and leader is not None and leader.term <= runner.released_term:
+            await runner.finish_release(leader.term)
+            return
+        if runner.term is not None and not (
+            mine and leader and leader.term == runner.term.revision
+        ):
+            # Our term ended without us (the key deleted, its lease revoked, etcd
+            # restored): the addresses go before anything else.
+            why = (
+                "its leader key is gone"
+                if leader is None
+                else f"its leader key is now {leader.node}'s (term {leader.term})"
+            )
+            await runner.deposed(f"{why}, without {self.node} handing it over")
+        if leader is not None and leader.node == self.node and not mine:
+            # A leader key from an earlier lease of ours; it goes with that lease.
+            if runner.term is not None or runner.phase is not Phase.idle:
+                await runner.deposed("our earlier lease still holds the key")
+            return
+        d = decide(spec, group, self.view, self._me(), now, self._handed_over.get(name))
+        if d.retry_in is not None:
+            self._schedule(d.retry_in)
+        if d.action is Action.hold and leader is not None:
+            if runner.adopt(leader.term) and self.keeper.alive():
+                await self._start(runner)
+        elif d.action is Action.handover:
+            member = json.dumps(self._member_data()).encode()
+            done = await runner.handover(
+                d.reason,
+                [Op.put(self.ks.member(self.node), member, lease=self.keeper.lease_id)],
+            )
+            if done:
+                self._handed_over[name] = now
+                # Our view still shows us leading until the watch catches up.
+                self.view.set_leader(name, None, now)
+            else:
+                self._schedule(1.0)
+        elif d.action is Action.campaign and self.failsafe and not self.failsafe.may_campaign():
+            log.info("group %s: not campaigning, bound by a failsafe promise", name)
+            self._schedule(max(0.1, self.failsafe.promised_until - clock.now()))
+        elif d.action is Action.campaign and self.keeper.alive():
+            won = await runner.campaign(self.keeper.lease_id, self.keeper.ttl, d.reason)
+            if won and runner.term is not None:
+                term = runner.term.revision
+                self.view.set_leader(name, Leader(self.node, self.keeper.lease_id, term), now, term)
+                await self._start(runner)
+            else:
+                self._schedule(0.05)
+        elif d.action in (Action.follow, Action.wait) and (
+            runner.term is not None or runner.phase is not Phase.idle
+        ):
+            await runner.deposed(d.reason)
+
+    async def _start(self, runner: GroupRunner) -> None:
+        """Place the group's addresses once no other director may hold them."""
+        # An address of an earlier go could not be removed: try again first.
+        if runner.phase is Phase.stopping and not await runner.deactivate(
+            "released", "starting again"
+        ):
+            self._schedule(1.0)
+            return
+        if runner.phase not in (Phase.idle, Phase.gated) or runner.term is None:
+            return
+        term = runner.term.revision
+        own = self.view.fences.get(self.node)
+        if own is not None and own.trusted and own.groups.get(runner.name) == term:
+            # This term's addresses were placed by us (an earlier run, before a
+            # planned restart): the wait for the others was done then.
+            runner.begin()
+            return
+        gate = may_place(
+            self.view,
+            runner.name,
+            self.node,
+            clock.now(),
+            self._spec().node_names,
+            max(self.keeper.ttl, self._spec().election.lease_ttl),
+        )
+        if not gate.clear:
+            runner.phase = Phase.gated
+            if self._gated.get(runner.name) != gate.reason:
+                self._gated[runner.name] = gate.reason
+                log.info(
+                    "group %s: holding its leader key, not its addresses yet: %s "
+                    "(at most %.1fs more)",
+                    runner.name,
+                    gate.reason,
+                    gate.retry_in or 0.0,
+                )
+            if gate.retry_in is not None:
+                self._schedule(min(gate.retry_in + 0.01, 1.0))
+            return
+        if self._gated.pop(runner.name, None) is not None:
+            log.info("group %s: %s; placing its addresses", runner.name, gate.reason)
+        runner.begin()
 
     def _term_of(self, group: str) -> int | None:
         runner = self.runners.get(group)
         if runner is None or runner.term is None:
             return None
         return runner.term.revision
-
-    async def _activate(self, runner: GroupRunner, name: str) -> None:
-        try:
-            await runner.activate(self.keeper.deadline)
-        except resources.ResourceError as e:
-            await runner.handover(f"its resources failed to start: {e}")
 
     # -- health endpoints
 

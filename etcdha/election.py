@@ -1,28 +1,42 @@
 """The agent's lease, its fencing deadline, and leadership of each group.
 
-Safety rests on one rule: a leader drops its addresses before its lease can
-expire in etcd. The deadline is the send time of the last acknowledged
-keepalive + the lease TTL - a margin, on CLOCK_BOOTTIME (etcdha.clock); etcd cannot
-expire the lease before send time + TTL, because it restarts the TTL only when
-it receives the keepalive. The fence guard process is armed with the same
-deadline, so the rule also holds when this process is killed or frozen.
+Safety rests on two rules.
+
+1. A leader drops its addresses before its lease can expire in etcd. The
+   deadline is the send time of the last acknowledged keepalive + the lease TTL
+   - a margin, on CLOCK_BOOTTIME (etcdha.clock); etcd cannot expire the lease
+   before send time + TTL, because it restarts the TTL only when it receives the
+   keepalive. While the node may hold addresses, the deadline is also never
+   later than the last successful write of its fence record + TTL - margin (see
+   fence_record.py). The fence guard process is armed with the same deadline
+   and every address the group may hold *before* any is placed, so the rule
+   also holds when this process is killed or frozen mid-start.
+2. A new leader adds nothing while another director may still hold the
+   addresses: it waits until that director's fence record leaves the group
+   out, or was last written longer than its TTL ago (election_rules.may_place).
+
+The lease's timings come from the TTL etcd granted (a reclaimed lease keeps
+the TTL it was granted with), not from the spec alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from etcdha import clock, metrics
 from etcdha.events import event_op, now_rfc3339
 from etcdha.fence import FenceClient, FenceError
+from etcdha.fence_record import FenceRecord
 from etcdha.keyspace import Keyspace
-from etcdha.resources import Resource, ResourceError
+from etcdha.resources import AddressRuntime, HeldAddress, Resource, ResourceError, remove_held
 from etcdha.store import Compare, EtcdError, Op, Store
 
 log = logging.getLogger(__name__)
@@ -33,7 +47,13 @@ class LeaseLost(RuntimeError):
 
 
 class LeaseKeeper:
-    """One lease per agent, kept alive; tracks the fencing deadline."""
+    """One lease per agent, kept alive; tracks the fencing deadline.
+
+    `ttl`, `interval` and `margin` are those of the lease etcd granted: the
+    spec's, unless etcd granted (or a reclaimed lease has) another TTL; then
+    the keepalive interval is at most a third of it and the margin leaves room
+    for one renewal.
+    """
 
     def __init__(
         self,
@@ -44,17 +64,24 @@ class LeaseKeeper:
         on_renew: Callable[[float], Awaitable[None]],
     ) -> None:
         self.store = store
-        self.ttl = max(2, math.ceil(ttl))
-        self.interval = interval
-        self.margin = margin
+        self.want = (max(2, math.ceil(ttl)), interval, margin)
+        self.ttl, self.interval, self.margin = self.want
         self.on_renew = on_renew
         self.lease_id = 0
-        self.deadline = 0.0  # clock.now() value; addresses must be gone by then
+        self.lease_deadline = 0.0  # from keepalives; clock.now() values
+        self.record_deadline: float | None = None  # from fence record writes, while it lists groups
         self.last_ack = 0.0  # clock.now() at the send of the last acknowledged keepalive
         self.lost = asyncio.Event()
 
+    @property
+    def deadline(self) -> float:
+        """Addresses must be gone by then (a clock.now() value)."""
+        if self.record_deadline is None:
+            return self.lease_deadline
+        return min(self.lease_deadline, self.record_deadline)
+
     def alive(self) -> bool:
-        return self.lease_id != 0 and clock.now() < self.deadline
+        return self.lease_id != 0 and clock.now() < self.lease_deadline
 
     def remaining(self) -> float:
         return self.deadline - clock.now()
@@ -62,6 +89,35 @@ class LeaseKeeper:
     def unreachable(self) -> bool:
         """The last keepalive went unanswered."""
         return clock.now() - self.last_ack > 1.2 * self.interval
+
+    def confirmed(self, sent: float | None) -> None:
+        """A fence record write that lists groups succeeded (sent then); None: it
+        lists none any more."""
+        if sent is None:
+            self.record_deadline = None
+        else:
+            self.record_deadline = max(self.record_deadline or 0.0, sent + self.ttl - self.margin)
+
+    def _acked(self, sent: float, ttl: int) -> None:
+        self.last_ack = max(self.last_ack, sent)
+        self.lease_deadline = max(self.lease_deadline, sent + ttl - self.margin)
+
+    def _use(self, lease_id: int, granted: int) -> None:
+        """Take the timings from the TTL etcd granted."""
+        want_ttl, want_interval, want_margin = self.want
+        self.ttl = granted
+        self.interval = min(want_interval, granted / 3)
+        self.margin = min(want_margin, (granted - self.interval) / 2)
+        if (self.ttl, self.interval, self.margin) != self.want:
+            log.warning(
+                "lease %x has a TTL of %ds (the config asks for %ds): keepalives every %.2fs "
+                "and a fence margin of %.2fs, to fit it",
+                lease_id,
+                granted,
+                want_ttl,
+                self.interval,
+                self.margin,
+            )
 
     async def probe(self, limit: float) -> bool:
         """Can we reach etcd right now? One keepalive, bounded; counts if it works."""
@@ -72,20 +128,22 @@ class LeaseKeeper:
         except EtcdError:
             return False
         if result.ttl > 0:
-            self.last_ack = result.sent_at
-            self.deadline = max(self.deadline, result.sent_at + result.ttl - self.margin)
+            self._acked(result.sent_at, result.ttl)
         return True
 
     def extend(self, deadline: float) -> None:
         """A later deadline vouched for by other means (failsafe promises)."""
-        self.deadline = max(self.deadline, deadline)
+        self.lease_deadline = max(self.lease_deadline, deadline)
+        if self.record_deadline is not None:
+            self.record_deadline = max(self.record_deadline, deadline)
 
     async def grant(self) -> int:
         sent = clock.now()
-        lease = await self.store.grant(self.ttl)
+        lease = await self.store.grant(self.want[0])
         self.lease_id = lease.id
+        self._use(lease.id, lease.ttl)
         self.last_ack = sent
-        self.deadline = sent + lease.ttl - self.margin
+        self.lease_deadline = sent + lease.ttl - self.margin
         self.lost.clear()
         log.info("granted lease %x with TTL %ds", lease.id, lease.ttl)
         return lease.id
@@ -100,8 +158,9 @@ class LeaseKeeper:
         if result.ttl <= 0:
             return False
         self.lease_id = lease_id
+        self._use(lease_id, result.ttl)
         self.last_ack = result.sent_at
-        self.deadline = result.sent_at + result.ttl - self.margin
+        self.lease_deadline = result.sent_at + result.ttl - self.margin
         self.lost.clear()
         log.info("reclaimed lease %x left by the previous agent (TTL %ds)", lease_id, result.ttl)
         return True
@@ -123,13 +182,12 @@ class LeaseKeeper:
             else:
                 metrics.keepalive_duration.observe(clock.now() - result.sent_at)
                 if result.ttl <= 0:
-                    log.error("lease %x has expired in etcd; all leadership is gone", self.lease_id)
+                    log.error("lease %x is gone in etcd; all leadership is gone", self.lease_id)
                     self.lost.set()
                     return
-                self.last_ack = result.sent_at
-                self.deadline = max(self.deadline, result.sent_at + result.ttl - self.margin)
-                metrics.lease_deadline.set(self.remaining())
+                self._acked(result.sent_at, result.ttl)
                 await self.on_renew(self.deadline)
+                metrics.lease_deadline.set(self.remaining())
             await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
     async def revoke(self) -> None:
@@ -147,6 +205,19 @@ class Term:
     since: str
 
 
+class Phase(StrEnum):
+    idle = "idle"  # holds nothing of the group
+    gated = "gated"  # holds the key; waits until no other director may hold the addresses
+    starting = "starting"  # the guard knows every address; resources are starting
+    active = "active"  # every resource started
+    stopping = "stopping"  # giving the group up; an address could not be removed yet
+
+
+def _address_key(a: HeldAddress) -> tuple[str, str]:
+    # An address is the same address whatever its prefix length.
+    return (a.ifname, a.ip)
+
+
 class GroupRunner:
     """Leadership of one resource group on this node."""
 
@@ -158,6 +229,9 @@ class GroupRunner:
         ks: Keyspace,
         fence: FenceClient,
         notify: Callable[[str, str, str], None],
+        record: FenceRecord,
+        deadline: Callable[[], float],
+        wake: Callable[[], None],
     ) -> None:
         self.name = name
         self.node = node
@@ -165,18 +239,43 @@ class GroupRunner:
         self.ks = ks
         self.fence = fence
         self.notify = notify
+        self.record = record
+        self.deadline = deadline  # the fence deadline, as it moves
+        self.wake = wake  # ask the agent for a reconcile pass
         self.resources: list[Resource] = []
         self._keys: list[object] = []  # what each resource was built from
         self.term: Term | None = None  # set while we hold the leader key
         self.released_term = 0  # the last term we handed over (deleted the key of)
-        self.active = False  # resources started
+        self.phase = Phase.idle
+        # Every address this group may have on this node's interfaces: the guard
+        # knows each before it is placed and forgets it only once it is gone.
+        self.guarded: dict[tuple[str, str], HeldAddress] = {}
+        self.failure: str | None = None  # why the last start failed (the agent hands over)
+        self._started: list[Resource] = []
+        self._failed_stops: set[Resource] = set()
+        self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
-    async def update(
-        self, keys: list[object], make: Callable[[object], Resource], deadline: float
-    ) -> None:
+    @property
+    def active(self) -> bool:
+        return self.phase is Phase.active
+
+    @property
+    def may_hold(self) -> bool:
+        """Addresses of the group may be on this node's interfaces."""
+        return self.phase in (Phase.starting, Phase.active, Phase.stopping)
+
+    @property
+    def key(self) -> str:
+        return self.ks.leader(self.name)
+
+    # -- the config
+
+    async def update(self, keys: list[object], make: Callable[[object], Resource]) -> None:
         """Bring the resources in line with the config: stop those it dropped (in
-        reverse), start those it added (in order), leave unchanged ones alone."""
+        reverse), start those it added (in order), leave unchanged ones alone. New
+        addresses are guarded before they are placed; removed ones stay guarded
+        until they are gone. Errors are logged, never raised."""
         async with self._lock:
             if keys == self._keys:
                 return
@@ -189,28 +288,49 @@ class GroupRunner:
                     plan.append((key, match[1], False))
                 else:
                     plan.append((key, make(key), True))
-            self._keys = [k for k, _, _ in plan]
             if not self.active:
+                self._keys = [k for k, _, _ in plan]
                 self.resources = [r for _, r, _ in plan]
                 return
             log.info("group %s: resources changed in the config; applying the change", self.name)
-            await self._stop([r for _, r in old])
+            fresh = [r for _, r, new in plan if new]
+            added: list[tuple[str, str]] = []
+            for r in fresh:
+                for a in await self._addresses_of(r, quiet=False):
+                    if _address_key(a) not in self.guarded:
+                        self.guarded[_address_key(a)] = a
+                        added.append(_address_key(a))
+            try:
+                await self._arm()
+            except ResourceError as e:
+                for k in added:
+                    self.guarded.pop(k, None)
+                log.error(
+                    "group %s: not applying the new resources: %s (trying again at the next "
+                    "change or audit)",
+                    self.name,
+                    e,
+                )
+                return
+            self._keys = [k for k, _, _ in plan]
+            await self._stop_resources([r for _, r in reversed(old)])
             self.resources = [r for _, r, _ in plan]
-            for _, r, fresh in plan:
-                if fresh:
-                    try:
-                        await r.start()
-                    except ResourceError as e:
-                        log.error("group %s: %s", self.name, e)
-            await self._arm(deadline)
+            await self._remove_leftovers()
+            for r in fresh:
+                try:
+                    await r.start()
+                    self._started.append(r)
+                except ResourceError as e:
+                    log.error("group %s: %s", self.name, e)
+            await self._arm_quietly()
 
-    @property
-    def key(self) -> str:
-        return self.ks.leader(self.name)
+    # -- the key
 
-    async def campaign(self, lease_id: int, reason: str) -> bool:
+    async def campaign(self, lease_id: int, ttl: float, reason: str) -> bool:
         """Create the leader key if nobody holds it; True if we won."""
-        value = json.dumps({"node": self.node, "lease": lease_id, "since": now_rfc3339()})
+        value = json.dumps(
+            {"node": self.node, "lease": lease_id, "ttl": ttl, "since": now_rfc3339()}
+        )
         ops = [
             Op.put(self.key, value.encode(), lease=lease_id),
             event_op(
@@ -250,33 +370,77 @@ class GroupRunner:
             log.info("%s carries on leading %s (term %d)", self.node, self.name, term)
         return True
 
-    async def activate(self, deadline: float) -> None:
-        """Arm the guard, then start resources in order."""
-        async with self._lock:
-            if self.active or self.term is None:
-                return
-            await self._arm(deadline)
-            started: list[Resource] = []
+    # -- placing the addresses
+
+    def begin(self) -> None:
+        """Start the group's resources in a task of their own (the agent's loop goes
+        on meanwhile; a slow start keeps the lease renewed and the guard armed)."""
+        if self.phase not in (Phase.idle, Phase.gated) or self.term is None:
+            return
+        self.phase = Phase.starting
+        self.failure = None
+        self._task = asyncio.create_task(self._activate(), name=f"start {self.name}")
+
+    async def _activate(self) -> None:
+        try:
+            async with self._lock:
+                await self._place()
+        except ResourceError as e:
+            self.failure = str(e)
+            log.error("group %s: %s; handing over", self.name, e)
+        finally:
+            self.wake()
+
+    async def _place(self) -> None:
+        term = self.term
+        if term is None:
+            raise ResourceError("the term ended before the resources started")
+        # 1. Every address the group may hold, known before any is placed.
+        for r in self.resources:
+            for a in await self._addresses_of(r, quiet=True):
+                self.guarded[_address_key(a)] = a
+        # 2. The fence record lists the group: a new leader waits for us from now on.
+        self.record.hold(self.name, term.revision)
+        try:
+            lost = await self.record.write()
+        except EtcdError as e:
+            raise ResourceError(f"cannot write the fence record: {e}") from e
+        if lost:
+            for group in lost:
+                self.record.lose_key(group)
+            if self.name in lost:
+                raise ResourceError("the leader key is no longer ours")
+            lost_keys = ", ".join(lost)
+            log.warning("group %s: the leader keys of %s are gone", self.name, lost_keys)
             try:
-                for r in self.resources:
-                    if clock.now() >= deadline:
-                        # The guard may have fired already: adding more would outlive it.
-                        raise ResourceError("the lease deadline passed while starting")
-                    await r.start()
-                    started.append(r)
-                    # Addresses become known as they are placed; the guard must know them.
-                    await self._arm(deadline)
-            except ResourceError as e:
-                log.error("group %s: %s; stopping what was started and handing over", self.name, e)
-                await self._stop(started)
-                self.active = False
-                raise
-            self.active = True
-            metrics.is_leader.labels(self.name).set(1)
-            self._set_state("leader")
-            metrics.addresses_assigned.labels(self.name).set(len(self.held()))
-            metrics.transitions.labels(self.name, "acquired").inc()
-            self.notify(self.name, "leader", f"{self.node} holds {self.name}")
+                if await self.record.write():
+                    raise ResourceError("the leader keys keep changing; not starting")
+            except EtcdError as e:
+                raise ResourceError(f"cannot write the fence record: {e}") from e
+        # 3. The guard knows them all.
+        await self._arm()
+        # 4. The resources, in order.
+        for r in self.resources:
+            if clock.now() >= self.deadline():
+                raise ResourceError("the fence deadline passed while starting (etcd unreachable?)")
+            await r.start()
+            self._started.append(r)
+        self.phase = Phase.active
+        metrics.is_leader.labels(self.name).set(1)
+        self._set_state("leader")
+        metrics.addresses_assigned.labels(self.name).set(len(self.held()))
+        metrics.transitions.labels(self.name, "acquired").inc()
+        self.notify(self.name, "leader", f"{self.node} holds {self.name}")
+
+    async def _addresses_of(self, r: Resource, *, quiet: bool) -> list[HeldAddress]:
+        if isinstance(r, AddressRuntime):
+            try:
+                await r.resolve()
+            except ResourceError:
+                if quiet:
+                    raise
+                return []
+        return r.fence_addresses()
 
     async def audit(self) -> None:
         """Repair drift while we lead. Address audits run under the lock, so a
@@ -301,57 +465,135 @@ class GroupRunner:
     def held(self) -> list[str]:
         return [f"{a.ip}/{a.prefixlen}" for r in self.resources for a in r.fence_addresses()]
 
-    async def _arm(self, deadline: float) -> None:
-        addrs = [a for r in self.resources for a in r.fence_addresses()]
+    async def _arm(self) -> None:
         try:
-            await self.fence.arm(self.name, deadline, addrs)
+            await self.fence.arm(self.name, self.deadline(), list(self.guarded.values()))
         except FenceError as e:
             # Without the guard a kill -9 could leave the VIP behind: do not lead.
             raise ResourceError(f"the fence guard cannot be armed: {e}") from e
 
-    async def renew(self, deadline: float) -> None:
-        if self.active:
-            try:
-                await self._arm(deadline)
-            except ResourceError as e:
-                # The guard keeps the previous deadline and fires at it: still safe.
-                log.warning("group %s: %s", self.name, e)
+    async def _arm_quietly(self) -> None:
+        try:
+            await self._arm()
+        except ResourceError as e:
+            # The guard keeps the previous deadline and fires at it: still safe.
+            log.warning("group %s: %s", self.name, e)
 
-    async def _stop(self, resources: list[Resource]) -> None:
-        for r in reversed(resources):
+    async def renew(self) -> None:
+        """A new deadline: the guard gets it (while anything may be held)."""
+        if self.may_hold and self.guarded:
+            await self._arm_quietly()
+
+    # -- giving it up
+
+    async def _stop_resources(self, resources: list[Resource]) -> None:
+        """Stop `resources` (in the order given); an address stays guarded until it
+        is gone."""
+        for r in resources:
+            started = r in self._started
+            if started:
+                self._started.remove(r)
+            addresses = r.fence_addresses()
+            if not started and not addresses:
+                continue  # a script or table that never started
             try:
                 await r.stop()
             except ResourceError as e:
-                log.error("group %s: stopping %s failed: %s", self.name, r.describe(), e)
+                if r not in self._failed_stops:  # said once; tried again every second
+                    self._failed_stops.add(r)
+                    log.error("group %s: stopping %s failed: %s", self.name, r.describe(), e)
+                continue
+            if r in self._failed_stops:
+                self._failed_stops.discard(r)
+                log.info("group %s: stopped %s on a later try", self.name, r.describe())
+            for a in addresses:
+                self.guarded.pop(_address_key(a), None)
 
-    async def deactivate(self, direction: str, reason: str) -> None:
-        """Stop resources in reverse order and disarm the guard (no etcd writes)."""
+    async def _remove_leftovers(self) -> None:
+        """Guarded addresses no resource places any more (the config dropped them)."""
+        placed = {_address_key(a) for r in self.resources for a in r.fence_addresses()}
+        for key, a in list(self.guarded.items()):
+            if key in placed:
+                continue
+            try:
+                await remove_held(a)
+            except ResourceError as e:
+                log.error("group %s: %s", self.name, e)
+                continue
+            self.guarded.pop(key, None)
+
+    async def deactivate(self, direction: str, reason: str) -> bool:
+        """Stop the resources in reverse order (no etcd writes but the fence record's
+        acknowledgement). True once every address is gone; until then the guard
+        stays armed for those left and the record keeps listing the group."""
+        task, self._task = self._task, None
+        self.failure = None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         async with self._lock:
-            if self.active:
-                await self._stop(self.resources)
-                self.active = False
+            was = self.phase
+            if was is Phase.idle:
+                return True
+            if was is not Phase.gated:
+                self.phase = Phase.stopping
+                await self._stop_resources(list(reversed(self.resources)))
+                await self._remove_leftovers()
+            if self.guarded and was is not Phase.gated:
+                if was is not Phase.stopping:
+                    log.error(
+                        "group %s: %s still on this node; the guard stays armed for it and "
+                        "the group is not released until it is gone",
+                        self.name,
+                        ", ".join(f"{a.ip} on {a.ifname}" for a in self.guarded.values()),
+                    )
+                await self._arm_quietly()
+                return False
+            self.guarded.clear()
+            self.phase = Phase.idle
+            if was in (Phase.active, Phase.starting, Phase.stopping):
                 metrics.is_leader.labels(self.name).set(0)
                 self._set_state("fenced" if direction == "fenced" else "follower")
                 metrics.addresses_assigned.labels(self.name).set(0)
-                metrics.transitions.labels(self.name, direction).inc()
-                state = "fault" if direction == "fenced" else "backup"
-                self.notify(self.name, state, reason)
+                if was is not Phase.stopping:
+                    metrics.transitions.labels(self.name, direction).inc()
+                    state = "fault" if direction == "fenced" else "backup"
+                    self.notify(self.name, state, reason)
             try:
                 await self.fence.disarm(self.name)
             except FenceError as e:
                 log.warning("group %s: could not disarm the fence guard: %s", self.name, e)
+            self.record.release(self.name)
+            return True
 
-    async def handover(self, reason: str, extra_ops: list[Op] | None = None) -> None:
-        """Graceful: addresses off first, then the leader key goes, so the next node
-        takes over at once instead of after the TTL."""
-        await self.deactivate("released", reason)
+    async def acknowledge(self) -> None:
+        """Tell etcd the group's addresses are gone (the fence record without it)."""
+        if self.record.settled:
+            return
+        try:
+            await self.record.write()
+        except EtcdError as e:
+            log.warning(
+                "group %s: cannot write the fence record yet (%s); trying again", self.name, e
+            )
+
+    async def handover(self, reason: str, extra_ops: list[Op] | None = None) -> bool:
+        """Graceful: addresses off first, then the leader key goes (with the fence
+        record's acknowledgement), so the next node takes over at once instead of
+        after the TTL. False while an address could not be removed: the key stays."""
+        if not await self.deactivate("released", reason):
+            return False
         term = self.term
         self.term = None
         if term is None:
-            return
+            await self.acknowledge()
+            return True
         self.released_term = max(self.released_term, term.revision)
+        groups = dict(self.record.groups)
         ops = [
             Op.delete(self.key),
+            self.record.put_op(),
             event_op(
                 self.ks,
                 {
@@ -363,28 +605,41 @@ class GroupRunner:
             ),
             *(extra_ops or []),
         ]
-        await self._delete_key(term.revision, ops)
+        if await self._delete_key(term.revision, ops):
+            self.record.wrote(groups)
+        await self.acknowledge()
         log.info("%s handed %s over: %s", self.node, self.name, reason)
+        return True
 
-    async def _delete_key(self, term: int, ops: list[Op]) -> None:
+    async def _delete_key(self, term: int, ops: list[Op]) -> bool:
         start = time.monotonic()
         try:
-            await self.store.txn([Compare.create_revision(self.key, "==", term)], ops)
+            result = await self.store.txn([Compare.create_revision(self.key, "==", term)], ops)
             metrics.etcd_requests.labels("handover", "ok").observe(time.monotonic() - start)
+            return result.succeeded
         except EtcdError as e:
             metrics.etcd_requests.labels("handover", "error").observe(time.monotonic() - start)
             log.warning(
                 "group %s: could not delete the leader key (%s); trying again", self.name, e
             )
+            return False
 
     async def finish_release(self, term: int) -> None:
         """The key of a term we handed over is still there (the delete failed): retry."""
         await self._delete_key(term, [Op.delete(self.key)])
 
-    async def fenced(self, reason: str) -> None:
+    async def fenced(self, reason: str) -> bool:
         self.term = None
-        await self.deactivate("fenced", reason)
+        if self.may_hold or self.phase is Phase.gated:
+            log.info("group %s: giving it up: %s", self.name, reason)
+        done = await self.deactivate("fenced", reason)
+        await self.acknowledge()
+        return done
 
-    async def deposed(self, reason: str) -> None:
+    async def deposed(self, reason: str) -> bool:
         self.term = None
-        await self.deactivate("deposed", reason)
+        if self.may_hold or self.phase is Phase.gated:
+            log.info("group %s: giving it up: %s", self.name, reason)
+        done = await self.deactivate("deposed", reason)
+        await self.acknowledge()
+        return done

@@ -8,7 +8,8 @@ without etcd.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from etcdha.spec import ClusterSpec, Group
@@ -34,6 +35,27 @@ class Leader:
     term: int  # the leader key's create revision
 
 
+@dataclass(frozen=True)
+class FenceSeen:
+    """A director's fence/<node> record as this agent last saw it: the groups
+    whose addresses that director may have placed, with their terms.
+
+    A director writes its record before it adds an address, refreshes it with
+    every keepalive while it lists a group (each write guarded by the listed
+    groups' leader keys, so it stops when a key is gone), and writes it without
+    a group once that group's addresses are gone. Its fence deadline is never
+    later than its last successful write + its lease TTL, so a record last
+    seen written at `seen_at` bounds how long it may still hold what it lists.
+    """
+
+    node: str
+    groups: Mapping[str, int]  # group -> term
+    ttl: float  # the writer's lease TTL
+    seen_at: float  # clock.now() when this agent last saw it written (or read it)
+    trusted: bool = True  # False: read back from a store that went back in time
+    present: bool = True  # False: deleted by hand; its last word still counts
+
+
 @dataclass
 class ClusterView:
     members: dict[str, Member] = field(default_factory=dict)
@@ -44,6 +66,13 @@ class ClusterView:
     eligible_since: dict[str, float] = field(default_factory=dict)
     # When this agent saw each group without a leader (monotonic seconds).
     vacant_since: dict[str, float] = field(default_factory=dict)
+    # The etcd revision of the latest change applied to each group's leader entry:
+    # an older event arriving late (a local update ran ahead of the watch) is ignored.
+    leader_revision: dict[str, int] = field(default_factory=dict)
+    fences: dict[str, FenceSeen] = field(default_factory=dict)  # node -> its record
+    # clock.now() when the store was last seen to go back in time (None: never):
+    # records read back from it prove nothing until re-written or a TTL has passed.
+    distrusted_since: float | None = None
 
     def note_member(self, member: Member, now: float) -> None:
         before = self.members.get(member.node)
@@ -57,7 +86,13 @@ class ClusterView:
         self.members.pop(node, None)
         self.eligible_since.pop(node, None)
 
-    def set_leader(self, group: str, leader: Leader | None, now: float) -> None:
+    def set_leader(self, group: str, leader: Leader | None, now: float, revision: int = 0) -> None:
+        """Record a group's leader (None: vacant) as of etcd `revision` (0: unknown,
+        applied anyway); a change older than the last one applied is ignored."""
+        if revision:
+            if revision < self.leader_revision.get(group, 0):
+                return
+            self.leader_revision[group] = revision
         if leader is None:
             if group in self.leaders or group not in self.vacant_since:
                 self.vacant_since[group] = now
@@ -65,6 +100,70 @@ class ClusterView:
         else:
             self.leaders[group] = leader
             self.vacant_since.pop(group, None)
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Whether a new leader may place its group's addresses now."""
+
+    clear: bool
+    reason: str
+    retry_in: float | None = None  # look again after this long, even if nothing changes
+
+
+def may_place(
+    view: ClusterView,
+    group: str,
+    me: str,
+    now: float,
+    nodes: Iterable[str],
+    ttl_floor: float,
+) -> Gate:
+    """May `me`, which holds `group`'s leader key, add the group's addresses now?
+
+    Only once no other director may still hold them: every other director's
+    fence record leaves the group out, or was last seen written longer than its
+    lease TTL ago (its fence guard has removed the addresses by then). After
+    the store went back in time, records read back from it prove nothing: a
+    director whose record was not written again since counts as a holder until
+    the longest TTL known (`ttl_floor` at least) has passed. `nodes`: the
+    spec's directors.
+    """
+    ttl_max = max([ttl_floor, *(f.ttl for f in view.fences.values())])
+    waits: list[tuple[float, str]] = []
+    for seen in view.fences.values():
+        if seen.node == me:
+            continue
+        if group in seen.groups:
+            until = seen.seen_at + seen.ttl
+            if until > now:
+                what = "lists" if seen.present else "listed (before it was deleted)"
+                waits.append(
+                    (
+                        until,
+                        f"{seen.node} may still hold its addresses: its fence record {what} "
+                        f"term {seen.groups[group]}",
+                    )
+                )
+    since = view.distrusted_since
+    if since is not None and since + ttl_max > now:
+        unproven = sorted(
+            {n for n in nodes if n != me}
+            - {f.node for f in view.fences.values() if f.trusted and f.present}
+            | {f.node for f in view.fences.values() if not f.trusted and f.node != me}
+        )
+        if unproven:
+            waits.append(
+                (
+                    since + ttl_max,
+                    f"etcd went back in time; {', '.join(unproven)} did not write its "
+                    "fence record since",
+                )
+            )
+    if not waits:
+        return Gate(True, "no other director may hold its addresses")
+    until, why = max(waits)
+    return Gate(False, why, until - now)
 
 
 class Action(StrEnum):
@@ -153,15 +252,7 @@ def _with(view: ClusterView, me: Member) -> ClusterView:
     """The view with our own, fresher verdict in place of our member key."""
     if view.members.get(me.node) == me:
         return view
-    members = {**view.members, me.node: me}
-    return ClusterView(
-        members,
-        view.leaders,
-        view.standby,
-        view.takeover,
-        view.eligible_since,
-        view.vacant_since,
-    )
+    return replace(view, members={**view.members, me.node: me})
 
 
 def _campaign_reason(group: Group, view: ClusterView, me: str) -> str:

@@ -250,13 +250,16 @@ class FenceGuard:
     async def _remove(self, addresses: Sequence[Address]) -> dict[str, list[Address]]:
         outcome: dict[str, list[Address]] = {"removed": [], "absent": [], "failed": []}
         try:
-            results = await network.remove_addresses(addresses, netns=self.netns)
+            # An address is the same address whatever its prefix length there.
+            results = await network.remove_addresses(
+                [(ifname, ip, None) for ifname, ip, _ in addresses], netns=self.netns
+            )
         except Exception as exc:  # netlink itself failed: retry them all
             log.error("fence guard could not reach the kernel's address table: %s", exc)
             outcome["failed"] = list(addresses)
             return outcome
-        for (ifname, ip, prefixlen), result in results:
-            address = (ifname, ip, prefixlen if prefixlen is not None else 0)
+        for address, (_, result) in zip(addresses, results, strict=True):
+            ifname, ip, prefixlen = address
             if result.startswith("failed"):
                 log.error(
                     "fence guard could not remove %s/%s from %s: %s",
@@ -636,10 +639,15 @@ class FenceClient:
         self._writer.write(json.dumps(request).encode() + b"\n")
         async with asyncio.timeout(self.timeout):
             await self._writer.drain()
-            line = await self._reader.readline()
-        if not line:
-            raise ConnectionResetError("the fence guard closed the connection")
-        reply = json.loads(line)
+            while True:
+                line = await self._reader.readline()
+                if not line:
+                    raise ConnectionResetError("the fence guard closed the connection")
+                reply = json.loads(line)
+                # The late answer to an earlier request that timed out: skip it.
+                stale = isinstance(reply, dict) and isinstance(reply.get("id"), int)
+                if not (stale and reply["id"] < self._next_id):
+                    break
         if not isinstance(reply, dict) or reply.get("id") != self._next_id:
             raise FenceError(f"unexpected reply from the fence guard: {line!r}")
         if not reply.get("ok"):

@@ -301,13 +301,14 @@ class KeyKind(enum.StrEnum):
     STATUS_IPVS = "status_ipvs"
     EVENT = "event"
     CHECKER = "checker"
+    FENCE = "fence"
 
 
 @dataclass(frozen=True)
 class ParsedKey:
     """A classified key. ``parts`` by kind:
 
-    config: (); member, standby: (node,); leader, takeover, status_ipvs: (group,);
+    config: (); member, standby, fence: (node,); leader, takeover, status_ipvs: (group,);
     health: (checker, service, real); drain: (service, real); event: (event_id,);
     checker: (checker,).
     Services and reals stay as segments; :attr:`service` and :attr:`real` parse them.
@@ -343,6 +344,7 @@ _NAMED_KEYS: tuple[tuple[tuple[str, ...], KeyKind], ...] = (
     (("config",), KeyKind.CONFIG),
     (("members", "*"), KeyKind.MEMBER),
     (("leader", "*"), KeyKind.LEADER),
+    (("fence", "*"), KeyKind.FENCE),
     (("events", "*"), KeyKind.EVENT),
     (("checkers", "*"), KeyKind.CHECKER),
     (("status", "*", "ipvs"), KeyKind.STATUS_IPVS),
@@ -391,6 +393,13 @@ class Keyspace:
 
     def leader(self, group: str) -> str:
         return self.leaders_prefix() + validate_name(group, "group name")
+
+    def fences_prefix(self) -> str:
+        return f"{self.root}fence/"
+
+    def fence(self, node: str) -> str:
+        """The groups whose addresses a node may hold (see docs/keyspace.md)."""
+        return self.fences_prefix() + validate_name(node, "node name")
 
     def health_prefix(self, checker: str | None = None) -> str:
         """All health keys, or those of one checker (a prefix RBAC can grant)."""

@@ -110,11 +110,7 @@ class AddressRuntime:
         if self._announcer is not None:
             self._announcer.cancel()
             self._announcer = None
-        held = await self.resolve()
-        try:
-            await network.remove_address(held.ifname, held.ip, held.prefixlen)
-        except (network.NetworkError, OSError) as e:
-            raise ResourceError(f"cannot remove {held.ip} from {held.ifname}: {e}") from e
+        await remove_held(await self.resolve())
 
     async def audit(self) -> None:
         held = await self.resolve()
@@ -139,6 +135,17 @@ class AddressRuntime:
 
     def fence_addresses(self) -> list[HeldAddress]:
         return [self.held] if self.held else []
+
+
+async def remove_held(held: HeldAddress) -> None:
+    """Take the address off its interface, whatever its prefix length there (an
+    address is the same address with any prefix); gone already is fine."""
+    try:
+        await network.remove_address(held.ifname, held.ip, None)
+    except network.InterfaceNotFound:
+        return  # the interface went away, and its addresses with it
+    except (network.NetworkError, OSError) as e:
+        raise ResourceError(f"cannot remove {held.ip} from {held.ifname}: {e}") from e
 
 
 LSB_NOT_RUNNING = 3

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from etcdha.election_rules import ClusterView, Leader, Member
+from etcdha.election_rules import ClusterView, FenceSeen, Leader, Member
 from etcdha.keyspace import KeyKind, Keyspace
 from etcdha.spec_load import Loaded, SpecInvalid, load_json
 from etcdha.store import EventType, KeyValue, WatchEvent
@@ -26,6 +27,19 @@ def json_object(kv: KeyValue) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def fence_seen(node: str, kv: KeyValue, now: float, trusted: bool) -> FenceSeen | None:
+    """A fence/<node> value as FenceSeen, or None if it is not what an agent writes."""
+    data = json_object(kv)
+    if data is None:
+        return None
+    groups, ttl = data.get("groups"), data.get("ttl")
+    if not isinstance(groups, dict) or isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        return None
+    if not all(isinstance(g, str) and type(t) is int for g, t in groups.items()) or ttl <= 0:
+        return None
+    return FenceSeen(node, dict(groups), float(ttl), now, trusted)
 
 
 class ViewSync:
@@ -48,29 +62,40 @@ class ViewSync:
             self._complained.add(key)
             log.warning("ignoring %s: %s", key, why)
 
-    def load(self, kvs: list[KeyValue]) -> None:
-        """Replace the view with a full read (start-up, or after a compaction)."""
+    def load(self, kvs: list[KeyValue], revision: int = 0, *, trusted: bool = True) -> None:
+        """Replace the view with a full read at `revision` (start-up, after a
+        compaction, or after the store went back in time: `trusted` False, and
+        the fence records read prove nothing until written again)."""
         kinds = [self.ks.classify(kv.key) for kv in kvs]
         members = {p.name for p in kinds if p and p.kind is KeyKind.MEMBER}
         leaders = {p.name for p in kinds if p and p.kind is KeyKind.LEADER}
+        fences = {p.name for p in kinds if p and p.kind is KeyKind.FENCE}
+        if not trusted:
+            # Revisions start again: what was applied before tells nothing now.
+            self.view.leader_revision.clear()
+            self.view.fences.clear()
         for node in list(self.view.members):
             if node not in members:
                 self.view.drop_member(node)
         for group in list(self.view.leaders):
             if group not in leaders:
-                self.view.set_leader(group, None, self.now())
+                self.view.set_leader(group, None, self.now(), revision)
+        for node, seen in list(self.view.fences.items()):
+            if node not in fences and seen.present:
+                # Gone while we were not watching: it may have been written up to now.
+                self.view.fences[node] = replace(seen, present=False, seen_at=self.now())
         self.view.standby.clear()
         self.view.takeover.clear()
         for kv in kvs:
-            self.put(kv)
+            self.put(kv, trusted=trusted)
 
     def apply(self, event: WatchEvent) -> None:
         if event.type is EventType.PUT:
             self.put(event.kv)
         else:
-            self.delete(event.kv.key)
+            self.delete(event.kv.key, event.kv.mod_revision)
 
-    def put(self, kv: KeyValue) -> None:
+    def put(self, kv: KeyValue, *, trusted: bool = True) -> None:
         parsed = self.ks.classify(kv.key)
         if parsed is None:
             if kv.key.startswith(self.ks.root):
@@ -96,7 +121,15 @@ class ViewSync:
             if not isinstance(node, str):
                 self._complain(kv.key, "leader value has no node")
                 return
-            self.view.set_leader(name, Leader(node, kv.lease, kv.create_revision), self.now())
+            self.view.set_leader(
+                name, Leader(node, kv.lease, kv.create_revision), self.now(), kv.mod_revision
+            )
+        elif kind is KeyKind.FENCE:
+            seen = fence_seen(name, kv, self.now(), trusted)
+            if seen is None:
+                self._complain(kv.key, "fence record is not the JSON an agent writes")
+                return
+            self.view.fences[name] = seen
         elif kind is KeyKind.STANDBY:
             data = json_object(kv) or {}
             self.view.standby[name] = str(data.get("reason") or "standby")
@@ -108,7 +141,7 @@ class ViewSync:
                 return
             self.view.takeover[name] = target
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, revision: int = 0) -> None:
         parsed = self.ks.classify(key)
         if parsed is None:
             return
@@ -116,7 +149,17 @@ class ViewSync:
         if kind is KeyKind.MEMBER:
             self.view.drop_member(name)
         elif kind is KeyKind.LEADER:
-            self.view.set_leader(name, None, self.now())
+            self.view.set_leader(name, None, self.now(), revision)
+        elif kind is KeyKind.FENCE:
+            seen = self.view.fences.get(name)
+            if seen is not None:
+                log.warning(
+                    "%s was deleted (by hand?); what it listed still counts until %s's "
+                    "lease TTL has passed",
+                    key,
+                    name,
+                )
+                self.view.fences[name] = replace(seen, present=False)
         elif kind is KeyKind.STANDBY:
             self.view.standby.pop(name, None)
         elif kind is KeyKind.TAKEOVER:

@@ -93,7 +93,7 @@ def start(
     """
     # The agent pulls in netlink and more; other commands need not pay for it.
     from etcdha.agent import Agent, AgentOptions
-    from etcdha.membership import StartupError
+    from etcdha.membership import StartupError, Superseded
 
     name = node or socket.gethostname()
     host, _, port = listen.rpartition(":")
@@ -121,6 +121,8 @@ def start(
         run_async(agent.run())
     except StartupError as e:
         fail(f"refusing to start: {e}")
+    except Superseded as e:
+        fail(f"stopped: {e}")
     except EtcdUnavailable as e:
         fail(f"etcd unreachable: {e}", Exit.UNREACHABLE)
     finally:
