@@ -76,6 +76,7 @@ def kv(value: object) -> KeyValue:
 def test_fence_records_are_read_strictly() -> None:
     good = fence_seen("node1", kv({"groups": {"web": 7}, "ttl": 3, "lease": 1}), 10.0, True)
     assert good == FenceSeen("node1", {"web": 7}, 3.0, 10.0, True)
+    bad: object
     for bad in (
         b"not json",
         b"\xff",
