@@ -30,7 +30,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -52,6 +52,7 @@ from etcdha.etcd_errors import (
     EtcdError,
     EtcdLeaseNotFound,
     EtcdUnavailable,
+    StoreWentBack,
     WatchCompacted,
     _Retryable,
     _TokenInvalid,
@@ -102,6 +103,7 @@ __all__ = [
     "Op",
     "OpResult",
     "Store",
+    "StoreWentBack",
     "TxnResult",
     "WatchBatch",
     "WatchCompacted",
@@ -275,6 +277,9 @@ class Store:
         self._keepalive_lock = asyncio.Lock()
         self._opened = False
         self._closed = False
+        self._generation = 0
+        self._history = {"cluster_id": 0, "revision": 0, "raft_term": 0}
+        self._went_back_listeners: list[Callable[[str], None]] = []
 
     # -- lifecycle
 
@@ -360,6 +365,26 @@ class Store:
     def endpoint(self) -> str:
         """The endpoint requests currently go to."""
         return str(self._endpoints[self._active])
+
+    # -- history
+
+    @property
+    def generation(self) -> int:
+        """0 at start, +1 each time the store is found to have gone back in time."""
+        return self._generation
+
+    def on_went_back(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(why)`` on the event loop once per detected rollback."""
+        self._went_back_listeners.append(callback)
+
+    def history_state(self) -> dict[str, int]:
+        """The high-water marks (cluster id, revision, raft term), to seed a later Store."""
+        return dict(self._history)
+
+    def seed_history(self, state: Mapping[str, int]) -> None:
+        """Start from the marks an earlier Store returned from :meth:`history_state`."""
+        for name in self._history:
+            self._history[name] = int(state.get(name, 0))
 
     # -- plumbing
 
