@@ -858,17 +858,26 @@ class Store:
             call = conn.watch.Watch(metadata=self._metadata(stream=True))
             token = self._token
             try:
-                await call.write(
-                    pb.WatchRequest(
-                        create_request=pb.WatchCreateRequest(
-                            key=key,
-                            range_end=range_end,
-                            start_revision=next_rev,
-                            prev_kv=prev_kv,
-                            progress_notify=True,
+                try:
+                    await call.write(
+                        pb.WatchRequest(
+                            create_request=pb.WatchCreateRequest(
+                                key=key,
+                                range_end=range_end,
+                                start_revision=next_rev,
+                                prev_kv=prev_kv,
+                                progress_notify=True,
+                            )
                         )
                     )
-                )
+                except grpc.aio.AioRpcError as exc:
+                    # etcd ends a new stream at once when its member has no
+                    # leader; gRPC may then report the write as INTERNAL
+                    # instead of etcd's status (grpc/grpc#36066).
+                    raise _Retryable(
+                        f"the watch stream to {conn.endpoint} ended before its request"
+                        f" was sent ({_describe(exc)})"
+                    ) from None
                 while True:
                     resp = await call.read()
                     if resp is grpc.aio.EOF:
