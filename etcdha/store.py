@@ -1178,7 +1178,7 @@ class Store:
 
     # -- watch
 
-    async def watch_prefix(
+    def watch_prefix(
         self,
         prefix: str,
         start_revision: int = 0,
@@ -1195,15 +1195,20 @@ class Store:
         raises :class:`WatchCompacted`.
 
         It raises :class:`StoreWentBack` when the store went back in time since
-        the watch started, whether this watch or another request of this Store
-        noticed it, also while it waits for etcd. ``generation``: the
+        the watch started (this call), whether this watch or another request of
+        this Store noticed it, also while it waits for etcd. ``generation``: the
         :attr:`generation` that ``start_revision`` was read in (default: the
-        current one), so that a rollback noticed between that read and the
-        watch's start counts too. Either way the caller reads everything again
-        and watches from the revision it read.
+        current one), so that a rollback noticed between that read and this
+        call counts too. Either way the caller reads everything again and
+        watches from the revision it read.
         """
-        self._check_open()
         gen = self._hist.generation if generation is None else generation
+        return self._watch(prefix, start_revision, prev_kv, gen)
+
+    async def _watch(
+        self, prefix: str, start_revision: int, prev_kv: bool, gen: int
+    ) -> AsyncGenerator[WatchBatch, None]:
+        self._check_open()
         self._check_generation(gen)
         key = _kb(prefix)
         range_end = prefix_range_end(key)

@@ -369,6 +369,7 @@ async def test_waiting_watch_is_woken_when_another_request_notices(
         try:
             await asyncio.sleep(0.3)
             assert watcher.ended_at is None
+            not_yet_iterated = store.watch_prefix(prefix, rev + 1)
             state = store.history_state()
             store.seed_history({**state, "revision": state["revision"] + 1000})
             await store.get(prefix + "a")
@@ -381,8 +382,12 @@ async def test_waiting_watch_is_woken_when_another_request_notices(
             assert error.why == listener.calls[0][1]
         finally:
             await watcher.stop()
-        # A watch started after the rollback runs; one whose start revision was
-        # read before it (generation=) fails at once.
+        # A watch called before the rollback fails at its first step, even if
+        # nothing iterated it before; so does one whose start revision was read
+        # before the rollback (generation=). One started after it runs.
+        with pytest.raises(StoreWentBack):
+            await anext(not_yet_iterated)
+        await not_yet_iterated.aclose()
         watcher = Watcher(store.watch_prefix(prefix, rev + 1, generation=0)).start()
         try:
             assert isinstance(await watcher.outcome(within=2.0), StoreWentBack)
