@@ -37,6 +37,19 @@ class WatchCompacted(EtcdError):
         self.compact_revision = compact_revision
 
 
+class StoreWentBack(EtcdError):
+    """etcd's store went back in time: restored from an older snapshot or rebuilt.
+
+    Everything read before is stale: re-read with get_prefix, then watch again
+    from the revision read. ``why`` is one sentence saying what was seen, e.g.
+    "revision 57 on a linearizable read after 123 had been seen".
+    """
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"etcd went back in time: {why}")
+        self.why = why
+
+
 class _Retryable(EtcdUnavailable):
     """Internal: a failure that the retry loop may try again (on another endpoint)."""
 

@@ -4,7 +4,8 @@
 several that form one cluster. Members listen on free loopback ports unless told
 otherwise (``host=`` binds another address, ``wrapper=`` runs the binary through
 e.g. ``ip netns exec NS``), keep their data on tmpfs so a slow disk does not cause
-etcd elections, and can be stopped, killed, frozen and restarted on the same data.
+etcd elections, and can be stopped, killed, frozen and restarted on the same data;
+a member's data can also be saved to a snapshot, restored from one or wiped.
 
 :func:`make_pki` makes a throwaway CA with a server and a client certificate.
 It shells out to ``openssl`` (installed by ``scripts/setup.sh``) so the lab needs
@@ -516,6 +517,52 @@ class EtcdProcess:
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         return _tail(self.log_path, lines)
+
+    # -- data: snapshots, restores, rebuilds
+
+    def snapshot(self, path: Path) -> None:
+        """Save a snapshot of this running member's store to ``path`` (etcdctl snapshot save)."""
+        if not self.running:
+            raise EtcdLabError(f"etcd {self.name} must be running to take a snapshot")
+        self.etcdctl("snapshot", "save", str(path))
+
+    def restore(self, path: Path, token: str | None = None) -> None:
+        """Replace this stopped member's data with the snapshot at ``path``.
+
+        Runs ``etcdctl snapshot restore`` with the member's name, peer URL and
+        initial cluster, as an operator restoring a backup would. The cluster
+        token stays the member's own unless ``token`` is given; a new token gives
+        the restored cluster a new cluster id (and the member a new member id),
+        the same token keeps both. The member must be stopped; :meth:`start`
+        then runs it on the restored data.
+        """
+        if self.running:
+            raise EtcdLabError(f"etcd {self.name} must be stopped before a restore")
+        if token is not None:
+            self.cluster_token = token
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        run_etcdctl(
+            self.endpoints,
+            [
+                *("snapshot", "restore", str(path)),
+                *("--name", self.name, "--data-dir", str(self.data_dir)),
+                *("--initial-cluster", self.initial_cluster),
+                *("--initial-cluster-token", self.cluster_token),
+                *("--initial-advertise-peer-urls", self.peer_url),
+            ],
+        )
+
+    def wipe(self) -> None:
+        """Delete this stopped member's data, so that :meth:`start` builds an empty store.
+
+        With the same name, peer URL and token the rebuilt member gets the same
+        member id and, alone in its cluster, the same cluster id; its revision
+        starts again at 1. Wipe every member of a larger cluster before starting
+        any of them again.
+        """
+        if self.running:
+            raise EtcdLabError(f"etcd {self.name} must be stopped before its data is wiped")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def _reap(self) -> None:
         _live.discard(self)
