@@ -48,12 +48,13 @@ from etcdha.notify import Notifier
 from etcdha.spec import ClusterSpec, EtcdUnreachable, Group
 from etcdha.spec_load import Loaded
 from etcdha.spec_types import split_host_port
-from etcdha.store import EtcdError, EtcdSettings, Op, Store, WatchCompacted
+from etcdha.store import EtcdError, EtcdSettings, Op, Store, StoreWentBack, WatchCompacted
 from etcdha.view_sync import ViewSync
 
 log = logging.getLogger(__name__)
 
 KERNEL_CHECK = 30.0  # seconds between checks of the kernel settings IPVS needs
+HISTORY_EVERY = 5.0  # seconds between saves of etcd's marks in the run directory
 
 
 @dataclass
@@ -95,6 +96,14 @@ class Agent:
         self.lock = RunLock(opts.run_dir, ks.cluster, opts.node)
         self.handoff = Handoff(opts.run_dir, ks.cluster, opts.node)
         self.superseded: str | None = None  # why this agent stopped for a twin
+        # etcd was seen to go back in time and has not been read again since: do
+        # nothing but drop until then.
+        self._went_back = False
+        self._read_generation = 0  # the store's generation when we last read everything
+        self._history_saved = 0.0
+        self._put_member_soon = False
+        self._member_lock = asyncio.Lock()  # one write of members/<node> at a time
+        self.history_file = opts.run_dir / f"etcd-{ks.cluster}.json"
 
     # -- start-up
 
@@ -130,8 +139,9 @@ class Agent:
     async def _wait_for_config(self, store: Store, sync: ViewSync) -> int:
         said = False
         while True:
+            self._read_generation = store.generation
             kvs, revision = await store.get_prefix(self.ks.root)
-            sync.load(kvs, revision)
+            sync.load(kvs, revision, trusted=not self._went_back)
             if self.spec is not None:
                 return revision
             if not said:
@@ -188,7 +198,14 @@ class Agent:
             raise Superseded(self.superseded)
 
     async def _run(self) -> None:
-        async with await Store.connect(self.settings) as store:
+        store = Store(self.settings)
+        store.on_went_back(self._on_went_back)
+        # The marks of the etcd we talked to last time: a store that went back
+        # while this agent was not running is noticed at once.
+        state = self._load_history()
+        if state:
+            store.seed_history(state)
+        async with store:
             self.store = store
             sync = ViewSync(self.ks, self.view, time.monotonic, self._on_config)
             revision = await self._wait_for_config(store, sync)
@@ -263,8 +280,7 @@ class Agent:
             )
             freeze_gc()
             kvs, revision = await self._read_all()
-            sync.load(kvs, revision)
-            self.ipvs.load(kvs, revision)
+            self._load(sync, kvs, revision)
             await self._clear_leftovers()
             await self.eligibility.refresh()
             http = HTTPServer(
@@ -326,6 +342,7 @@ class Agent:
         raise _Stop
 
     async def _shutdown(self) -> None:
+        self._save_history(force=True)
         if self.stop_mode == "superseded":
             for runner in self.runners.values():
                 if runner.term is not None or runner.phase is not Phase.idle:
@@ -458,6 +475,7 @@ class Agent:
 
     async def _renewed(self, deadline: float) -> None:
         await self._write_record()
+        self._save_history()
         for runner in self.runners.values():
             await runner.renew()
 
@@ -482,6 +500,10 @@ class Agent:
             self.wake.set()
 
     async def _claim_member(self) -> None:
+        async with self._member_lock:
+            await self._claim_member_locked()
+
+    async def _claim_member_locked(self) -> None:
         await membership.claim(
             self.store,
             self.ks,
@@ -584,7 +606,9 @@ class Agent:
     async def _watch(self, sync: ViewSync, revision: int) -> None:
         while True:
             try:
-                async for batch in self.store.watch_prefix(self.ks.root, revision + 1):
+                async for batch in self.store.watch_prefix(
+                    self.ks.root, revision + 1, generation=self._read_generation
+                ):
                     for event in batch.events:
                         sync.apply(event)
                         if self.ipvs is not None:
@@ -594,6 +618,8 @@ class Agent:
                         self.eligibility.poke()
                         self.wake.set()
                 continue
+            except StoreWentBack:
+                await self._drop_everything()
             except WatchCompacted as e:
                 log.warning(
                     "watch fell behind compaction (revision %d); re-reading everything",
@@ -605,15 +631,81 @@ class Agent:
                 log.warning("watch on %s broke (%s); re-reading everything", self.ks.root, e)
                 await asyncio.sleep(0.5)
             kvs, revision = await self._read_all()
-            sync.load(kvs, revision)
-            if self.ipvs is not None:
-                self.ipvs.load(kvs, revision)
+            self._load(sync, kvs, revision)
             self.eligibility.poke()
             self.wake.set()
+
+    def _load(self, sync: ViewSync, kvs: list[Any], revision: int) -> None:
+        """A full read into the view and the IPVS inputs. Read back from a store
+        that went back in time, the fence records prove nothing until written
+        again, and this node's member value and fence record are written anew."""
+        trusted = not self._went_back
+        sync.load(kvs, revision, trusted=trusted)
+        if self.ipvs is not None:
+            self.ipvs.load(kvs, revision)
+        if not trusted:
+            self.view.distrusted_since = clock.now()
+            self._went_back = False
+            self._member_value = b""
+            self.record.written = None
+            self._put_member_soon = True
+            log.warning(
+                "read everything again after etcd went back in time (revision %d); no "
+                "director places addresses before the others wrote their fence records "
+                "again or %.1fs have passed",
+                revision,
+                max(self.keeper.ttl, self._spec().election.lease_ttl),
+            )
+        self.wake.set()
+
+    def _on_went_back(self, why: str) -> None:
+        """The store saw etcd go back in time (restored from an older snapshot,
+        rebuilt empty): nothing we remember from it holds."""
+        log.error(
+            "etcd went back in time (%s): this node drops every address it holds, reads "
+            "everything again and forgets the terms it remembered",
+            why,
+        )
+        self._went_back = True
+        self.view.distrusted_since = clock.now()
+        self.wake.set()
+
+    async def _drop_everything(self) -> None:
+        for runner in self.runners.values():
+            runner.released_term = 0
+            if runner.term is not None or runner.phase is not Phase.idle:
+                await runner.fenced("etcd went back in time")
+        self._handed_over.clear()
+        self._gated.clear()
+        if self.checker is not None:
+            self.checker.republish()  # the verdicts read back may be old ones
+
+    def _load_history(self) -> dict[str, int]:
+        try:
+            data = json.loads(self.history_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {k: v for k, v in data.items() if isinstance(k, str) and type(v) is int}
+
+    def _save_history(self, force: bool = False) -> None:
+        """Keep the store's marks for the next agent (a few bytes on /run, at most
+        every few seconds)."""
+        if not force and time.monotonic() - self._history_saved < HISTORY_EVERY:
+            return
+        self._history_saved = time.monotonic()
+        tmp = self.history_file.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(self.store.history_state()))
+            tmp.replace(self.history_file)
+        except OSError as e:
+            log.warning("cannot keep etcd's marks in %s: %s", self.history_file, e)
 
     async def _read_all(self) -> tuple[list[Any], int]:
         while True:
             try:
+                self._read_generation = self.store.generation
                 return await self.store.get_prefix(self.ks.root)
             except EtcdError as e:
                 log.warning("cannot re-read %s: %s", self.ks.root, e)
@@ -637,11 +729,13 @@ class Agent:
             return
         metrics.eligible.set(1 if self.eligibility.current().eligible else 0)
         try:
-            if await membership.update(self.store, self.ks, self.node, self.keeper.lease_id, value):
-                self._member_value = value
-            elif self.keeper.alive():
-                # Not bound to our live lease: deleted by hand, or another agent's.
-                await self._claim_member()
+            async with self._member_lock:
+                lease = self.keeper.lease_id
+                if await membership.update(self.store, self.ks, self.node, lease, value):
+                    self._member_value = value
+                elif self.keeper.alive():
+                    # Not bound to our live lease: deleted by hand, or another agent's.
+                    await self._claim_member_locked()
         except AlreadyRunning as e:
             self._supersede(str(e))
         except EtcdError as e:
@@ -693,6 +787,12 @@ class Agent:
             self._next_wake = at
 
     async def _reconcile(self) -> None:
+        if self._went_back:
+            return  # the watch drops everything and reads again first
+        if self._put_member_soon:
+            self._put_member_soon = False
+            await self._put_member(force=True)
+            await self._write_record()
         spec = self._spec()
         now = time.monotonic()
         for group in spec.groups:

@@ -176,10 +176,10 @@ async def claim(
         [Op.put(key, member_value(), lease=keeper.lease_id)],
         [Op.get(key)],
     )
-    if result.succeeded:
+    holder = result.responses[0].kvs[0] if result.responses and result.responses[0].kvs else None
+    if result.succeeded or (holder is not None and holder.lease == keeper.lease_id):
         handoff.write(instance, keeper.lease_id)
         return
-    holder = result.responses[0].kvs[0] if result.responses[0].kvs else None
     with contextlib.suppress(Exception):
         await keeper.revoke()
     what = await _describe_holder(store, key, holder) if holder else key
