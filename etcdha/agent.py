@@ -102,6 +102,7 @@ class Agent:
         self._read_generation = 0  # the store's generation when we last read everything
         self._history_saved = 0.0
         self._put_member_soon = False
+        self._refresh_due = asyncio.Event()  # a keepalive went through: refresh the record
         self._member_lock = asyncio.Lock()  # one write of members/<node> at a time
         self.history_file = opts.run_dir / f"etcd-{ks.cluster}.json"
 
@@ -300,6 +301,7 @@ class Agent:
                     tg.create_task(self._watch(sync, revision), name="watch")
                     tg.create_task(self._eligibility_loop(), name="eligibility")
                     tg.create_task(self._fence_timer(), name="fence-timer")
+                    tg.create_task(self._record_loop(), name="fence-record")
                     tg.create_task(self._audit_loop(), name="audit")
                     tg.create_task(self.notifier.run(), name="notify")
                     tg.create_task(self.checker.run(), name="checker")
@@ -474,10 +476,27 @@ class Agent:
             self.wake.set()
 
     async def _renewed(self, deadline: float) -> None:
-        await self._write_record()
+        """A keepalive was acknowledged: the guard gets the new deadline now, and
+        the fence record is refreshed beside it (a slow etcd write must not hold
+        the next keepalive back)."""
+        await self._rearm()
+        self._refresh_due.set()
         self._save_history()
+
+    async def _rearm(self) -> None:
         for runner in self.runners.values():
             await runner.renew()
+
+    async def _record_loop(self) -> None:
+        """Refresh fence/<node> after each keepalive; the deadline it confirms goes
+        to the guard at once."""
+        while True:
+            await self._refresh_due.wait()
+            self._refresh_due.clear()
+            before = self.keeper.deadline
+            await self._write_record()
+            if self.keeper.deadline != before:
+                await self._rearm()
 
     async def _lease_loop(self) -> None:
         while True:
@@ -576,7 +595,7 @@ class Agent:
                 "keeping the addresses for %.1fs more",
                 self.keeper.remaining(),
             )
-            await self._renewed(self.keeper.deadline)
+            await self._rearm()
 
     async def _start_failsafe(self) -> None:
         spec = self._spec()
