@@ -5,9 +5,13 @@ For each trial it measures, on the system-wide monotonic clock:
             from the new leader's MAC (a prober in the client namespace sends
             an ARP request every 10 ms);
   standby   from the commit of the standby key (a process on the control
-            network writes it and notes when etcd acknowledged it) until the same.
+            network writes it and notes when etcd acknowledged it) until the same;
+  revoke    from an operator's `etcdctl lease revoke` of the leader's lease until
+            the same (the new leader waits for the old one's fence record to
+            let the group go: the price of never two holders);
+  delete    from an operator's `etcdctl del` of the leader key until the same.
 
-Usage (as root):  python bench/failover.py [--trials 20] [--ttl 2]
+Usage (as root):  python bench/failover.py [--trials 20] [--ttl 2] [--only kill,revoke,...]
 
 Goals: kill -9 p99 <= lease_ttl + 0.6 s; handover median <= 100 ms, p99 <= 300 ms.
 For comparison, keepalived in the same topology (advert_int 1) moved the VIP
@@ -95,6 +99,25 @@ def put_standby(endpoints: str, node: str) -> None:
     asyncio.run(main())
 
 
+def operator(endpoints: str, mode: str) -> None:
+    """Child mode: revoke the leader's lease or delete its key, as an operator's
+    etcdctl would; print when etcd acknowledged it."""
+    from etcdha.keyspace import Keyspace
+    from etcdha.store import EtcdSettings, Store, parse_endpoints
+
+    async def main() -> None:
+        async with await Store.connect(EtcdSettings(endpoints=parse_endpoints(endpoints))) as s:
+            kv = await s.get(Keyspace().leader("web"))
+            assert kv is not None, "nobody leads web"
+            if mode == "revoke":
+                await s.revoke(kv.lease)
+            else:
+                await s.delete(kv.key)
+            print(f"committed {time.monotonic():.6f}", flush=True)
+
+    asyncio.run(main())
+
+
 def start_prober(lab: DirectorLab, mac: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         netns_exec_argv(
@@ -135,8 +158,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--ttl", type=float, default=2.0)
+    ap.add_argument("--only", default="kill,standby,revoke,delete", help="comma-separated")
     ap.add_argument("--probe-arp", nargs=3, metavar=("IFACE", "IP", "MAC"))
     ap.add_argument("--put-standby", nargs=2, metavar=("ENDPOINTS", "NODE"))
+    ap.add_argument("--operator", nargs=2, metavar=("ENDPOINTS", "MODE"))
     args = ap.parse_args()
     if args.probe_arp:
         probe_arp(*args.probe_arp, limit=30.0)
@@ -144,10 +169,13 @@ def main() -> int:
     if args.put_standby:
         put_standby(*args.put_standby)
         return 0
+    if args.operator:
+        operator(*args.operator)
+        return 0
 
     ka = round(args.ttl / 4, 3)
-    kills: list[float] = []
-    handovers: list[float] = []
+    only = set(args.only.split(","))
+    results: dict[str, list[float]] = {}
     with DirectorLab(nodes=2) as lab:
         lab.apply(SPEC.format(ttl=args.ttl, ka=ka, margin=min(0.5, args.ttl / 4)))
         lab.start_agent("node1")
@@ -155,39 +183,50 @@ def main() -> int:
         lab.start_agent("node2")
         time.sleep(1.5)
         mac2 = lab.mac("node2")
-        for i in range(args.trials):
-            restore_node1(lab)
-            prober = start_prober(lab, mac2)
-            killed = time.monotonic()
-            lab.kill_agent("node1")
-            kills.append(answered_at(prober) - killed)
-            print(f"kill -9 trial {i + 1}: {kills[-1] * 1000:.0f} ms", flush=True)
-        for i in range(args.trials):
-            restore_node1(lab)
-            prober = start_prober(lab, mac2)
-            put = subprocess.run(
-                netns_exec_argv(
-                    lab.seed.ns("node2"),
-                    [sys.executable, __file__, "--put-standby", lab.endpoints, "node1"],
-                ),
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            committed = float(put.stdout.split()[1])
-            handovers.append(answered_at(prober) - committed)
-            print(f"standby trial {i + 1}: {handovers[-1] * 1000:.0f} ms", flush=True)
+        for mode in ("kill", "standby", "revoke", "delete"):
+            if mode not in only:
+                continue
+            values = results.setdefault(mode, [])
+            for i in range(args.trials):
+                restore_node1(lab)
+                prober = start_prober(lab, mac2)
+                values.append(answered_at(prober) - act(lab, mode))
+                print(f"{mode} trial {i + 1}: {values[-1] * 1000:.0f} ms", flush=True)
     print()
     print(f"lease_ttl {args.ttl:g}s, keepalive {ka:g}s, {args.trials} trials each")
-    for name, values, goal in (
-        ("kill -9 -> VIP answers ARP on the new leader", kills, f"p99 <= {args.ttl + 0.6:g} s"),
-        ("standby committed -> VIP answers ARP", handovers, "median <= 0.1 s, p99 <= 0.3 s"),
-    ):
+    names = {
+        "kill": ("kill -9 -> VIP answers ARP on the new leader", f"p99 <= {args.ttl + 0.6:g} s"),
+        "standby": ("standby committed -> VIP answers ARP", "median <= 0.1 s, p99 <= 0.3 s"),
+        "revoke": ("etcdctl lease revoke -> VIP answers ARP", f"within a keepalive ({ka:g} s)"),
+        "delete": ("etcdctl del of the leader key -> VIP answers ARP", "no goal"),
+    }
+    for mode, values in results.items():
+        name, goal = names[mode]
         print(
             f"{name}: median {statistics.median(values):.3f} s, p99 {pct(values, 0.99):.3f} s,"
             f" max {max(values):.3f} s  (goal: {goal})"
         )
     return 0
+
+
+def act(lab: DirectorLab, mode: str) -> float:
+    """Inject one fault against node1; returns when it happened (monotonic)."""
+    if mode == "kill":
+        killed = time.monotonic()
+        lab.kill_agent("node1")
+        return killed
+    child = (
+        ["--put-standby", lab.endpoints, "node1"]
+        if mode == "standby"
+        else ["--operator", lab.endpoints, mode]
+    )
+    done = subprocess.run(
+        netns_exec_argv(lab.seed.ns("node2"), [sys.executable, __file__, *child]),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(done.stdout.split()[1])
 
 
 if __name__ == "__main__":
