@@ -89,3 +89,16 @@ def test_fence_records_are_read_strictly() -> None:
         {"groups": {}, "ttl": True},
     ):
         assert fence_seen("node1", kv(bad), 10.0, True) is None, bad
+
+
+def test_a_late_leader_event_older_than_the_view_is_ignored() -> None:
+    from etcdha.election_rules import Leader
+
+    v = ClusterView()
+    # We won term 20 and noted it at once; the watch then delivers, late, the
+    # deletion of the previous leader key (revision 19): it must not undo ours.
+    v.set_leader("web", Leader("node2", 5, 20), 1.0, revision=20)
+    v.set_leader("web", None, 1.1, revision=19)
+    assert v.leaders["web"].term == 20
+    v.set_leader("web", None, 1.2, revision=21)
+    assert "web" not in v.leaders
