@@ -29,7 +29,7 @@ from etcdha.election import GroupRunner, LeaseKeeper
 from etcdha.election_rules import Action, ClusterView, Leader, Member, decide
 from etcdha.eligibility import Eligibility
 from etcdha.events import now_rfc3339
-from etcdha.failsafe import PROBE_LIMIT, Failsafe, TLSFiles
+from etcdha.failsafe import PROBE_LIMIT, Failsafe, PromiseRecord, TLSFiles
 from etcdha.fence import FenceClient
 from etcdha.httpd import HTTPServer
 from etcdha.keyspace import Keyspace
@@ -75,6 +75,10 @@ class Agent:
         self._next_wake: float | None = None
         self._pending: list[Coroutine[Any, Any, None]] = []  # resource updates to run
         self.failsafe: Failsafe | None = None
+        # failsafe: the promises this node made (they outlive this agent).
+        self.promises = PromiseRecord(
+            opts.run_dir / f"failsafe-{ks.cluster}-{opts.node}.json", opts.node
+        )
         self.checker: Checker | None = None
         self._lease_timings: tuple[float, float, float] | None = None  # the lease's own
         self.ipvs: IPVSDuties | None = None
@@ -197,6 +201,10 @@ class Agent:
                 except EtcdError as e:
                     log.warning("cannot register %s yet (%s); trying again", self.node, e)
                     await asyncio.sleep(1.0)
+            # A promise an earlier agent of this node made binds this one too. Read
+            # once registered (no other live agent of this node on this host can
+            # promise any more) and before the first campaign.
+            self.promises.honour_earlier(spec.election.lease_ttl)
             # Other directors may ask for failsafe confirmations from now on, even if
             # etcd goes away before the rest of the start-up is done.
             await self._start_failsafe()
@@ -439,6 +447,7 @@ class Agent:
             self.opts.peer_tls,
             self.keeper.probe,
             lambda: self._spec().election.lease_ttl,
+            self.promises,
         )
         ip, port = split_host_port(me.peer)
         try:
@@ -590,9 +599,8 @@ class Agent:
                 )
                 # Our view still shows us leading until the watch catches up.
                 self.view.set_leader(group.name, None, now)
-            elif d.action is Action.campaign and self.failsafe and not self.failsafe.may_campaign():
-                log.info("group %s: not campaigning, bound by a failsafe promise", group.name)
-                self._schedule(max(0.1, self.failsafe.promised_until - clock.now()))
+            elif d.action is Action.campaign and (bound := self.promises.holds_back(group.name)):
+                self._schedule(max(0.05, bound))
             elif d.action is Action.campaign and self.keeper.alive():
                 won = await runner.campaign(self.keeper.lease_id, d.reason)
                 if won and runner.term is not None:

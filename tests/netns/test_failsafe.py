@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import directors
 from failover_support import VIP, spec, start_both
 
+from etcdha import clock
 from etcdha.lab.directors import AddressSampler, DirectorLab
 
 pytestmark = [
@@ -58,3 +61,47 @@ def test_a_director_that_reaches_etcd_refuses_and_the_leader_drops(tls_lab: Dire
         assert dropped is not None and dropped - cut < TTL
     assert sampler.overlaps() == []
     assert "node2 refused: I can reach etcd" in lab.agents["node1"].log()
+
+
+def _promise_end(agent_run_dir: Path, node: str) -> float | None:
+    """When the promise recorded in a director's run directory ends, on this
+    process's monotonic clock (the sampler's); None if there is no record."""
+    try:
+        record = json.loads((agent_run_dir / f"failsafe-default-{node}.json").read_text())
+    except FileNotFoundError:
+        return None
+    return clock.monotonic_of(float(record["until"]))
+
+
+def test_a_restarted_director_honours_the_promise_its_predecessor_made(
+    tls_lab: DirectorLab,
+) -> None:
+    lab = tls_lab
+    start_both(lab, FAILSAFE)
+    with AddressSampler(lab, VIP) as sampler:
+        lab.seed.cut_control("node1")
+        lab.seed.cut_control("node2")
+        lab.wait_for(
+            lambda: "promised node1 not to campaign" in lab.agents["node2"].log(),
+            2 * TTL,
+            "node2's promise",
+        )
+        # node1's lease expires in etcd: only the promise keeps node2 from campaigning.
+        # (Polled gently: every etcdctl run competes with the sampler.)
+        lab.wait_for(
+            lambda: lab.leader("web") is None, 2 * TTL, "node1's lease to expire", interval=0.2
+        )
+        assert lab.holders(VIP) == ["node1"]
+        lab.kill_agent("node2")
+        promise_end = _promise_end(lab.agents["node2"].run_dir, "node2")
+        lab.seed.restore_control("node2")
+        lab.start_agent("node2")
+        lab.wait_for(lambda: sampler.first_time("node2") is not None, 3 * TTL, "node2 to take over")
+    assert sampler.overlaps() == [], f"two holders seen: {sampler.changes}"
+    assert sampler.max_gap < 0.2, f"sampling stalled for {sampler.max_gap:.3f}s"
+    assert promise_end is not None, "node2 kept no record of its promise"
+    took = sampler.first_time("node2")
+    assert took is not None and took >= promise_end, (
+        f"node2 took the VIP {promise_end - (took or 0):.3f}s before its promise ended"
+    )
+    assert "may not campaign until" in lab.agents["node2"].log()
