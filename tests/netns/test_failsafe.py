@@ -14,6 +14,7 @@ from failover_support import VIP, spec, start_both
 
 from etcdha import clock
 from etcdha.lab.directors import AddressSampler, DirectorLab
+from etcdha.membership import boot_id
 
 pytestmark = [
     pytest.mark.netns,
@@ -105,3 +106,52 @@ def test_a_restarted_director_honours_the_promise_its_predecessor_made(
         f"node2 took the VIP {promise_end - (took or 0):.3f}s before its promise ended"
     )
     assert "may not campaign until" in lab.agents["node2"].log()
+
+
+def test_a_promise_from_before_a_reboot_binds_for_its_whole_length(tls_lab: DirectorLab) -> None:
+    """A run directory that survived a reboot: CLOCK_BOOTTIME started again, so the
+    record's end means nothing now; the agent waits the promise's whole length."""
+    lab = tls_lab
+    lab.apply(FAILSAFE)
+    length = TTL - 1  # not the lease TTL, which an unreadable record would give
+    run_dir = lab.work / "run-node1"  # where lab.start_agent puts node1's
+    run_dir.mkdir()
+    record = run_dir / "failsafe-default-node1.json"
+    # Made 3 s after another boot: long past on this boot's clock.
+    record.write_text(
+        json.dumps(
+            {"node": "node1", "to": "node2", "boot_id": "another boot", "until": 3.0, "for": length}
+        )
+    )
+    with AddressSampler(lab, VIP) as sampler:
+        launched = time.monotonic()
+        lab.start_agent("node1")
+        lab.wait_for(lambda: sampler.first_time("node1") is not None, 20, "node1 to lead")
+    took = sampler.first_time("node1")
+    assert took is not None
+    assert took - launched >= length, f"node1 took the VIP {took - launched:.3f}s after its start"
+    log = lab.agents["node1"].log()
+    assert "before this machine last booted" in log
+    # Rewritten as this boot's record: an agent started again meanwhile waits too.
+    assert json.loads(record.read_text())["boot_id"] == boot_id()
+
+
+def test_a_director_that_cannot_record_its_promise_refuses(tls_lab: DirectorLab) -> None:
+    lab = tls_lab
+    start_both(lab, FAILSAFE)
+    # A folder where node2's record goes: the rename onto it fails.
+    (lab.agents["node2"].run_dir / "failsafe-default-node2.json").mkdir()
+    with AddressSampler(lab, VIP) as sampler:
+        cut = time.monotonic()
+        lab.seed.cut_control("node1")
+        lab.seed.cut_control("node2")
+        lab.wait_for(
+            lambda: sampler.last_time("node1") is not None and not lab.holders(VIP),
+            TTL + 2,
+            "node1 to drop the VIP",
+        )
+        dropped = sampler.last_time("node1")
+        assert dropped is not None and dropped - cut < TTL
+    assert sampler.overlaps() == []
+    assert "node2 refused: I cannot record a promise" in lab.agents["node1"].log()
+    assert "promised node1" not in lab.agents["node2"].log()
