@@ -29,7 +29,7 @@ from etcdha.election import GroupRunner, LeaseKeeper
 from etcdha.election_rules import Action, ClusterView, Leader, Member, decide
 from etcdha.eligibility import Eligibility
 from etcdha.events import now_rfc3339
-from etcdha.failsafe import PROBE_LIMIT, Failsafe, PromiseRecord, TLSFiles
+from etcdha.failsafe import PROBE_LIMIT, Directors, Failsafe, PromiseRecord, TLSFiles
 from etcdha.fence import FenceClient
 from etcdha.httpd import HTTPServer
 from etcdha.keyspace import Keyspace
@@ -75,10 +75,12 @@ class Agent:
         self._next_wake: float | None = None
         self._pending: list[Coroutine[Any, Any, None]] = []  # resource updates to run
         self.failsafe: Failsafe | None = None
-        # failsafe: the promises this node made (they outlive this agent).
+        # failsafe: the promises this node made (they outlive this agent), and
+        # every director a leader asks for one.
         self.promises = PromiseRecord(
             opts.run_dir / f"failsafe-{ks.cluster}-{opts.node}.json", opts.node
         )
+        self.directors = Directors(opts.node)
         self.checker: Checker | None = None
         self._lease_timings: tuple[float, float, float] | None = None  # the lease's own
         self.ipvs: IPVSDuties | None = None
@@ -145,6 +147,7 @@ class Agent:
             "why": v.why if v else "starting",
             "ping_ok": v.ping_ok if v else False,
             "listen": f"{self.opts.listen_host}:{self.opts.listen_port}",
+            "peer": self.failsafe.address if self.failsafe else None,  # asked for failsafe
             "holding": {name: r.held() for name, r in sorted(self.runners.items()) if r.active},
             "config_revision": self.config_revision,
             "started": self.started_at,
@@ -163,7 +166,9 @@ class Agent:
         self.opts.run_dir.mkdir(parents=True, exist_ok=True)
         async with await Store.connect(self.settings) as store:
             self.store = store
-            sync = ViewSync(self.ks, self.view, time.monotonic, self._on_config)
+            sync = ViewSync(
+                self.ks, self.view, time.monotonic, self._on_config, self.directors.note_member
+            )
             revision = await self._wait_for_config(store, sync)
             spec = self._spec()
             base = self.opts.run_dir / f"fence-{self.ks.cluster}-{self.node}"
@@ -409,14 +414,9 @@ class Agent:
     async def _failsafe_extend(self, remaining: float) -> None:
         assert self.failsafe is not None
         spec = self._spec()
-        peers = {
-            n.name: split_host_port(n.peer)
-            for n in spec.nodes
-            if n.name != self.node and n.peer is not None
-        }
+        peers, unaskable = self.directors.to_ask(spec.nodes)
         until = await self.failsafe.confirm(
-            {name: (str(ip), port) for name, (ip, port) in peers.items()},
-            max(PROBE_LIMIT + 0.2, min(1.0, remaining - 0.2)),
+            peers, max(PROBE_LIMIT + 0.2, min(1.0, remaining - 0.2)), unaskable
         )
         if until is None:
             return
@@ -455,6 +455,8 @@ class Agent:
         except OSError as e:
             log.error("failsafe: cannot listen on %s: %s", me.peer, e.strerror)
             self.failsafe = None
+            return
+        await self._put_member()  # publishes the peer address leaders ask
 
     async def _watch(self, sync: ViewSync, revision: int) -> None:
         while True:

@@ -18,7 +18,10 @@ when etcd comes back, a promise still binds its director until it ends.
 
 A promise binds the director, not one agent process: it is written to the run
 directory (`PromiseRecord`) before it is answered, and the next agent of the
-node reads it before its first campaign.
+node reads it before its first campaign. "Every other director" is every node
+of the leader's spec with a peer address and every director it has seen
+registered under members/<node> (`Directors`), since its spec may be older
+than the one in etcd.
 """
 
 from __future__ import annotations
@@ -30,13 +33,15 @@ import math
 import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from etcdha import clock
 from etcdha.membership import boot_id
+from etcdha.spec import Node
+from etcdha.spec_types import split_host_port
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +249,46 @@ def _record_fields(data: object) -> tuple[str, float, float, str] | None:
     return made_boot, float(until), float(length), str(data.get("to", "?"))
 
 
+class Directors:
+    """Every director a leader must ask for a promise.
+
+    The nodes of its spec with a peer address, and every director whose agent
+    it has seen registered under members/<node> (the spec in force here may be
+    older than the one in etcd), at the peer address that agent publishes. A
+    member stays on the list after its key goes: a director cut from etcd
+    loses its key but may campaign as soon as it reaches etcd again.
+    """
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self._members: dict[str, str | None] = {}  # node -> its published peer address
+
+    def note_member(self, name: str, data: Mapping[str, object]) -> None:
+        peer = data.get("peer")
+        self._members[name] = peer if isinstance(peer, str) else None
+
+    def to_ask(self, nodes: Iterable[Node]) -> tuple[dict[str, tuple[str, int]], dict[str, str]]:
+        """({director: (host, port)} to ask, {director: why it cannot be asked})."""
+        configured = {n.name: n.peer for n in nodes if n.peer is not None}
+        peers: dict[str, tuple[str, int]] = {}
+        unaskable: dict[str, str] = {}
+        for name in sorted((configured.keys() | self._members.keys()) - {self.node}):
+            text = self._members.get(name) or configured.get(name)
+            if text is None:
+                unaskable[name] = (
+                    f"{name} is a member but publishes no peer address, and the config "
+                    "in force here gives it none"
+                )
+                continue
+            try:
+                ip, port = split_host_port(text)
+            except ValueError:
+                unaskable[name] = f"{name}'s peer address {text!r} is not an IP:port"
+                continue
+            peers[name] = (str(ip), port)
+        return peers, unaskable
+
+
 class Failsafe:
     """Both sides: answering other leaders, and asking on our own behalf."""
 
@@ -260,6 +305,7 @@ class Failsafe:
         self.reaches_etcd = reaches_etcd
         self.promise_for = promise_for
         self.promises = promises
+        self.address: str | None = None  # host:port we answer on, once we do
         self._server: asyncio.Server | None = None
 
     # -- answering
@@ -268,7 +314,8 @@ class Failsafe:
         self._server = await asyncio.start_server(
             self._handle, host, port, ssl=self.tls.server_context()
         )
-        log.info("failsafe: answering other directors on %s:%d (mutual TLS)", host, port)
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        log.info("failsafe: answering other directors on %s (mutual TLS)", self.address)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -349,8 +396,22 @@ class Failsafe:
             raise RuntimeError(f"{peer} refused: {reply.get('why', 'no reason given')}")
         return peer, float(reply["for"])
 
-    async def confirm(self, peers: dict[str, tuple[str, int]], limit: float) -> float | None:
-        """Ask every peer; the clock.now() value until which all promised, or None."""
+    async def confirm(
+        self,
+        peers: dict[str, tuple[str, int]],
+        limit: float,
+        unaskable: Mapping[str, str] | None = None,
+    ) -> float | None:
+        """Ask every peer; the clock.now() value until which all promised, or None.
+
+        A director that cannot be asked (`unaskable`: name -> why) can never
+        confirm: then nobody is asked (a promise would bind them for nothing)."""
+        if unaskable:
+            log.warning(
+                "failsafe: no confirmation is possible (%s); the VIP goes at the deadline",
+                "; ".join(unaskable.values()),
+            )
+            return None
         if not peers:
             return None
         sent = clock.now()

@@ -155,3 +155,65 @@ def test_a_director_that_cannot_record_its_promise_refuses(tls_lab: DirectorLab)
     assert sampler.overlaps() == []
     assert "node2 refused: I cannot record a promise" in lab.agents["node1"].log()
     assert "promised node1" not in lab.agents["node2"].log()
+
+
+FAILSAFE3 = FAILSAFE.replace(
+    "\n  - {name: node2, peer: '192.0.2.12:9615'}",
+    "\n  - {name: node2, peer: '192.0.2.12:9615'}\n  - {name: node3, peer: '192.0.2.13:9615'}",
+)
+
+
+@pytest.fixture
+def tls_lab3(request: pytest.FixtureRequest) -> Iterator[DirectorLab]:
+    yield from directors(request, nodes=3, tls=True)
+
+
+def _members(lab: DirectorLab) -> dict[str, dict[str, object]]:
+    out = lab.etcdctl("get", "--prefix", "--print-value-only", "/etcdha/default/members/")
+    values = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return {str(v["node"]): v for v in values}
+
+
+def test_a_director_added_by_config_apply_is_asked_too(tls_lab3: DirectorLab) -> None:
+    lab = tls_lab3
+    start_both(lab, FAILSAFE)
+    lab.apply(FAILSAFE3)
+    lab.start_agent("node3")
+    lab.wait_for(
+        lambda: _members(lab).get("node3", {}).get("peer") == "192.0.2.13:9615",
+        10,
+        "node3 to publish its peer address",
+        interval=0.2,
+    )
+    with AddressSampler(lab, VIP) as sampler:
+        for node in ("node1", "node2", "node3"):
+            lab.seed.cut_control(node)
+        time.sleep(2 * TTL)  # far past the deadline that `drop` would keep
+        assert lab.holders(VIP) == ["node1"]
+    assert [h for _, h in sampler.changes] == [("node1",)]
+    assert "promised node1 not to campaign" in lab.agents["node2"].log()
+    assert "promised node1 not to campaign" in lab.agents["node3"].log()
+
+
+def test_a_member_that_cannot_be_asked_makes_the_leader_drop(tls_lab3: DirectorLab) -> None:
+    """node3's agent runs before any config names it (so it answers nobody); node1
+    and node2 lose etcd; then a config naming node3 is applied, which node1 never
+    sees. node1 cannot ask node3, so it drops; node3 takes over cleanly."""
+    lab = tls_lab3
+    start_both(lab, FAILSAFE)
+    lab.start_agent("node3")
+    lab.wait_for(lambda: "node3" in _members(lab), 10, "node3 to register", interval=0.2)
+    assert _members(lab)["node3"].get("peer") is None
+    with AddressSampler(lab, VIP) as sampler:
+        cut = time.monotonic()
+        lab.seed.cut_control("node1")
+        lab.seed.cut_control("node2")
+        path = lab.work / "cluster3.yaml"
+        path.write_text(FAILSAFE3)
+        lab.etcdha("config", "apply", str(path), node="node3")
+        lab.wait_for(lambda: sampler.first_time("node3") is not None, 3 * TTL, "node3 to lead")
+        dropped = sampler.last_time("node1")
+    assert sampler.overlaps() == [], f"two holders seen: {sampler.changes}"
+    assert dropped is not None and dropped - cut < TTL
+    assert "node3 is a member but publishes no peer address" in lab.agents["node1"].log()
+    assert "promised node1" not in lab.agents["node2"].log()

@@ -1,4 +1,4 @@
-"""Failsafe promises kept in the run directory: real files."""
+"""Failsafe promises kept in the run directory, and who a leader asks: real files."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from etcdha import clock
-from etcdha.failsafe import PromiseRecord
+from etcdha.failsafe import Directors, PromiseRecord
 from etcdha.membership import boot_id
+from etcdha.spec import Node
 
 
 def record_at(tmp_path: Path) -> PromiseRecord:
@@ -88,3 +89,39 @@ def test_a_promise_that_cannot_be_written_is_not_made(tmp_path: Path) -> None:
         promises.record("node1", 5.0)
     assert promises.may_campaign()
     assert promises.holds_back("web") == 0.0
+
+
+def nodes(*pairs: tuple[str, str | None]) -> list[Node]:
+    return [Node(name=name, peer=peer) for name, peer in pairs]
+
+
+def test_the_spec_nodes_and_every_member_seen_are_asked() -> None:
+    directors = Directors("node1")
+    directors.note_member("node1", {"peer": "192.0.2.11:9615"})
+    directors.note_member("node3", {"peer": "[2001:db8:1::13]:9615"})
+    peers, unaskable = directors.to_ask(
+        nodes(("node1", "192.0.2.11:9615"), ("node2", "192.0.2.12:9615"))
+    )
+    assert peers == {"node2": ("192.0.2.12", 9615), "node3": ("2001:db8:1::13", 9615)}
+    assert unaskable == {}
+
+
+def test_the_address_a_member_publishes_comes_before_the_specs() -> None:
+    directors = Directors("node1")
+    directors.note_member("node2", {"peer": "192.0.2.22:9700"})
+    peers, _ = directors.to_ask(nodes(("node2", "192.0.2.12:9615")))
+    assert peers == {"node2": ("192.0.2.22", 9700)}
+
+
+def test_a_member_without_a_peer_address_cannot_be_asked() -> None:
+    directors = Directors("node1")
+    directors.note_member("node3", {"peer": None})
+    directors.note_member("node4", {"peer": "somewhere"})
+    directors.note_member("node2", {})  # an agent that publishes none: the spec's address
+    peers, unaskable = directors.to_ask(nodes(("node2", "192.0.2.12:9615")))
+    assert peers == {"node2": ("192.0.2.12", 9615)}
+    assert unaskable == {
+        "node3": "node3 is a member but publishes no peer address, and the config in force "
+        "here gives it none",
+        "node4": "node4's peer address 'somewhere' is not an IP:port",
+    }
