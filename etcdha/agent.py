@@ -29,7 +29,7 @@ from etcdha.election import GroupRunner, LeaseKeeper, Phase
 from etcdha.election_rules import Action, ClusterView, Leader, Member, decide, may_place
 from etcdha.eligibility import Eligibility
 from etcdha.events import now_rfc3339
-from etcdha.failsafe import PROBE_LIMIT, Failsafe, TLSFiles
+from etcdha.failsafe import PROBE_LIMIT, Directors, Failsafe, PromiseRecord, TLSFiles
 from etcdha.fence import FenceClient, FenceError
 from etcdha.fence_record import FenceRecord
 from etcdha.httpd import HTTPServer
@@ -86,6 +86,12 @@ class Agent:
         self._next_wake: float | None = None
         self._pending: list[Coroutine[Any, Any, object]] = []  # resource updates to run
         self.failsafe: Failsafe | None = None
+        # failsafe: the promises this node made (they outlive this agent), and
+        # every director a leader asks for one.
+        self.promises = PromiseRecord(
+            opts.run_dir / f"failsafe-{ks.cluster}-{opts.node}.json", opts.node
+        )
+        self.directors = Directors(opts.node)
         self.checker: Checker | None = None
         self._lease_timings: tuple[float, float, float] | None = None  # the lease's own
         self.ipvs: IPVSDuties | None = None
@@ -168,6 +174,7 @@ class Agent:
             "why": v.why if v else "starting",
             "ping_ok": v.ping_ok if v else False,
             "listen": f"{self.opts.listen_host}:{self.opts.listen_port}",
+            "peer": self.failsafe.address if self.failsafe else None,  # asked for failsafe
             "holding": {name: r.held() for name, r in sorted(self.runners.items()) if r.active},
             "config_revision": self.config_revision,
             "started": self.started_at,
@@ -208,7 +215,9 @@ class Agent:
             store.seed_history(state)
         async with store:
             self.store = store
-            sync = ViewSync(self.ks, self.view, time.monotonic, self._on_config)
+            sync = ViewSync(
+                self.ks, self.view, time.monotonic, self._on_config, self.directors.note_member
+            )
             revision = await self._wait_for_config(store, sync)
             spec = self._spec()
             base = self.opts.run_dir / f"fence-{self.ks.cluster}-{self.node}"
@@ -260,6 +269,10 @@ class Agent:
                 except EtcdError as e:
                     log.warning("cannot register %s yet (%s); trying again", self.node, e)
                     await asyncio.sleep(1.0)
+            # A promise an earlier agent of this node made binds this one too. Read
+            # once registered (no other live agent of this node on this host can
+            # promise any more) and before the first campaign.
+            self.promises.honour_earlier(spec.election.lease_ttl)
             # Other directors may ask for failsafe confirmations from now on, even if
             # etcd goes away before the rest of the start-up is done.
             await self._start_failsafe()
@@ -576,14 +589,9 @@ class Agent:
     async def _failsafe_extend(self, remaining: float) -> None:
         assert self.failsafe is not None
         spec = self._spec()
-        peers = {
-            n.name: split_host_port(n.peer)
-            for n in spec.nodes
-            if n.name != self.node and n.peer is not None
-        }
+        peers, unaskable = self.directors.to_ask(spec.nodes)
         until = await self.failsafe.confirm(
-            {name: (str(ip), port) for name, (ip, port) in peers.items()},
-            max(PROBE_LIMIT + 0.2, min(1.0, remaining - 0.2)),
+            peers, max(PROBE_LIMIT + 0.2, min(1.0, remaining - 0.2)), unaskable
         )
         if until is None:
             return
@@ -614,6 +622,7 @@ class Agent:
             self.opts.peer_tls,
             self.keeper.probe,
             lambda: self._spec().election.lease_ttl,
+            self.promises,
         )
         ip, port = split_host_port(me.peer)
         try:
@@ -621,6 +630,8 @@ class Agent:
         except OSError as e:
             log.error("failsafe: cannot listen on %s: %s", me.peer, e.strerror)
             self.failsafe = None
+            return
+        await self._put_member()  # publishes the peer address leaders ask
 
     async def _watch(self, sync: ViewSync, revision: int) -> None:
         while True:
@@ -879,9 +890,8 @@ class Agent:
                 self.view.set_leader(name, None, now)
             else:
                 self._schedule(1.0)
-        elif d.action is Action.campaign and self.failsafe and not self.failsafe.may_campaign():
-            log.info("group %s: not campaigning, bound by a failsafe promise", name)
-            self._schedule(max(0.1, self.failsafe.promised_until - clock.now()))
+        elif d.action is Action.campaign and (bound := self.promises.holds_back(name)):
+            self._schedule(max(0.05, bound))
         elif d.action is Action.campaign and self.keeper.alive():
             won = await runner.campaign(self.keeper.lease_id, self.keeper.ttl, d.reason)
             if won and runner.term is not None:

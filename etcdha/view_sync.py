@@ -49,11 +49,13 @@ class ViewSync:
         view: ClusterView,
         now: Callable[[], float],
         on_config: Callable[[Loaded, int], None],
+        on_member: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.ks = ks
         self.view = view
         self.now = now
         self.on_config = on_config
+        self.on_member = on_member  # every member value an agent wrote, as read
         self._complained: set[str] = set()
         self.config_revision = 0
 
@@ -109,6 +111,8 @@ class ViewSync:
             if data is None or not isinstance(data.get("eligible"), bool):
                 self._complain(kv.key, "member value is not the JSON an agent writes")
                 return
+            if self.on_member is not None:
+                self.on_member(name, data)
             why = data.get("why")
             ping_ok = data.get("ping_ok", True) is not False
             self.view.note_member(

@@ -8,6 +8,7 @@ director's eth2, which a test can cut.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -320,8 +321,9 @@ class AddressSampler:
     """Samples which directors hold an address, every `interval`, in a thread.
 
     One netlink socket per namespace, about 0.2 ms a read, so a 10 ms sampling
-    period holds on a loaded 2-core machine. Records (monotonic time, holders)
-    each time the set of holders changes.
+    period holds on a loaded 2-core machine; the thread takes the lowest
+    real-time priority (as root), or CPU hogs delay its samples by 0.2 s and
+    more. Records (monotonic time, holders) each time the set of holders changes.
     """
 
     def __init__(self, lab: DirectorLab, ip: str, interval: float = 0.01) -> None:
@@ -339,6 +341,11 @@ class AddressSampler:
         from pyroute2 import NetNS
 
         sockets = {n: NetNS(self.lab.seed.ns(n)) for n in self.lab.seed.nodes}
+        # Linux sets the policy per thread (this one sleeps most of each period);
+        # nothing it starts inherits it.
+        with contextlib.suppress(OSError):
+            policy = os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
+            os.sched_setscheduler(threading.get_native_id(), policy, os.sched_param(1))
         last: tuple[str, ...] | None = None
         previous = time.monotonic()
         try:
