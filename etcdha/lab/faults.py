@@ -32,7 +32,9 @@ docs/faults.md).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -56,7 +58,6 @@ from etcdha.lab.directors import DirectorLab, etcdha_argv
 from etcdha.lab.netns import LabProcess, netns_exec_argv
 from etcdha.lab.nsock import in_netns
 from etcdha.lab.recorder import Request
-from etcdha.lab.scenario import longest_gap
 from etcdha.lab.topology import CONTROL_IF, PRIVATE_IF, PUBLIC_IF
 from etcdha.lab.webservers import WebServer, fallback_server, real_server
 
@@ -71,8 +72,14 @@ LEADER_KEY = KEYSPACE.leader(GROUP)
 CONFIG_KEY = KEYSPACE.config()
 MEMBERS = KEYSPACE.members_prefix()
 SETTLE_RUN = 10  # requests in a row answered by the leader
+AGENT_PORT = 9614  # the agents' HTTP listener (on 127.0.0.1 in each namespace)
 T = TypeVar("T")
 Say = Callable[[str], None]
+
+
+def say_stdout(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def other(node: str) -> str:
@@ -180,8 +187,6 @@ class HolderSampler:
 
     def window(self, start: float, end: float) -> tuple[int, int, int]:
         """(samples, most holders at once, dual-holder samples) in [start, end)."""
-        import bisect
-
         lo = bisect.bisect_left(self.times, start)
         hi = bisect.bisect_left(self.times, end)
         most = self.most[lo:hi]
@@ -444,12 +449,13 @@ class FaultLab:
     """A DirectorLab with responders, both agents, the sampler, the leader
     timeline and the client; close it (or use `with`) to remove everything."""
 
-    def __init__(self, needs: LabNeeds, say: Say = print) -> None:
+    def __init__(self, needs: LabNeeds, say: Say = say_stdout) -> None:
         self.needs = needs
         self.say = say
         self.applied: str | None = None  # the config value stored by the last apply
         self.extra = False  # whether the applied spec has the extra address
         self.clocks: dict[str, ClockOffset] = {}
+        self.ports: dict[str, int] = {}  # agents listening elsewhere than AGENT_PORT
         self.servers: dict[str, WebServer] = {}
         self.sampler: HolderSampler | None = None
         self.timeline: LeaderTimeline | None = None
@@ -500,6 +506,8 @@ class FaultLab:
 
     def start_agent(self, node: str, *extra: str, **kwargs: Any) -> None:
         env = self.clocks[node].env() if node in self.clocks else None
+        if "--listen" not in extra:
+            self.ports.pop(node, None)
         self.lab.start_agent(node, *extra, env=env, **kwargs)
 
     def server(self, name: str, up: bool) -> None:
@@ -537,6 +545,20 @@ class FaultLab:
                     found.add(str(value.get("node", "")))
         return found
 
+    def ready(self, node: str) -> bool:
+        """The agent of `node` answers /readyz (it holds a live lease)."""
+        with in_netns(self.lab.seed.ns(node)):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(1.0)
+            sock.connect(("127.0.0.1", self.ports.get(node, AGENT_PORT)))
+            sock.sendall(b"GET /readyz HTTP/1.0\r\n\r\n")
+            return sock.recv(64).split(b" ")[1:2] == [b"200"]
+        except (OSError, IndexError):
+            return False
+        finally:
+            sock.close()
+
     def stored_config(self) -> str | None:
         try:
             out = self.lab.etcdctl("get", "--print-value-only", CONFIG_KEY).strip()
@@ -570,6 +592,8 @@ class FaultLab:
         if self.sampler_holders(EXTRA) != (holders if self.extra else ()):
             return None
         if not self.agents_alive() or self.eligible_members() != set(self.lab.seed.nodes):
+            return None
+        if not all(self.ready(n) for n in self.lab.seed.nodes):
             return None
         assert self.client is not None
         if not self.client.answered_by(leader, after):
@@ -666,6 +690,7 @@ class Trial:
     max_holders: int = 0
     dual_samples: int = 0
     moves: int = 0
+    changes: list[tuple[float, str, tuple[str, ...]]] = field(default_factory=list)
 
     @property
     def other(self) -> str:
@@ -870,6 +895,7 @@ def _twin(fl: FaultLab, t: Trial) -> None:
         fl.wait(
             lambda: not lab.etcdctl("get", member).strip(), fl.needs.ttl + 10, "the lease to expire"
         )
+        fl.ports[target] = port
         fl.start_agent(
             target,
             "--listen",
@@ -1088,6 +1114,11 @@ class FaultResult:
                     "settled": t.settled,
                     "moves": t.moves,
                     "max_holders": t.max_holders,
+                    "started": round(t.started, 3),
+                    "holders": [
+                        [round(when - t.started, 3), ip, list(h)] for when, ip, h in t.changes
+                    ],
+                    "problems": t.problems,
                 }
                 for t in self.trials
             ],
@@ -1112,12 +1143,13 @@ def _measure(fl: FaultLab, result: FaultResult, start: float, end: float) -> Non
         seq = [r for r in requests if t.started <= r.sent < t.ended]
         t.requests = len(seq)
         t.failed = sum(1 for r in seq if not r.served)
-        t.gap = longest_gap(seq)[0] if seq else 0.0
+        t.gap = client_gap(requests, t.started, t.ended)
         t.non_leader = sum(
             1 for r in seq if r.served and not fl.timeline.led(r.detail, r.sent - 0.1, r.done + 0.1)
         )
         t.samples, t.max_holders, t.dual_samples = fl.sampler.window(t.started, t.ended)
         t.moves = fl.sampler.moves(VIP, t.started, t.ended)
+        t.changes = [c for c in fl.sampler.changes if t.started <= c[0] < t.ended]
     result.samples, result.max_holders, result.dual_samples = fl.sampler.window(start, end)
     result.sampler_pause = fl.sampler.max_pause
     result.dual_details = [
@@ -1129,22 +1161,32 @@ def _measure(fl: FaultLab, result: FaultResult, start: float, end: float) -> Non
         result.aborted = (result.aborted or "") + f" sampler failed: {fl.sampler.error}"
 
 
+def client_gap(requests: Sequence[Request], start: float, end: float) -> float:
+    """The longest time the client went without an answer in [start, end]: between two
+    answers in a row, by when they came back (a request sent while nobody held the
+    VIP may still be answered once somebody does: its SYN waited for ARP), counted
+    from the last answer before `start`."""
+    answers = sorted(r.done for r in requests if r.served and r.done <= end)
+    i = bisect.bisect_left(answers, start)
+    times = [*answers[max(0, i - 1) :], end]
+    return max((b - a for a, b in itertools.pairwise(times)), default=end - start)
+
+
 def run_faults(
     faults: Iterable[Fault],
     trials: Callable[[Fault], int],
     *,
     load: bool = False,
-    say: Say = print,
+    say: Say = say_stdout,
 ) -> list[FaultResult]:
-    """Run each fault's trials; consecutive faults with the same needs share a lab.
-    `load` keeps both cores busy with `stress-ng --cpu 2` meanwhile."""
+    """Run each fault's trials; faults with the same needs share a lab (in the
+    order their first one comes). `load` keeps both cores busy with
+    `stress-ng --cpu 2` meanwhile."""
+    batches: dict[LabNeeds, list[Fault]] = {}
+    for fault in faults:
+        batches.setdefault(fault.needs, []).append(fault)
     results: list[FaultResult] = []
-    pending = list(faults)
-    while pending:
-        needs = pending[0].needs
-        batch: list[Fault] = []
-        while pending and pending[0].needs == needs:
-            batch.append(pending.pop(0))
+    for batch in batches.values():
         results += _run_batch(batch, trials, load, say)
     return results
 
