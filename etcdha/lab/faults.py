@@ -268,6 +268,7 @@ class LeaderTimeline:
     def __init__(self, lab: DirectorLab) -> None:
         self.lab = lab
         self.changes: list[tuple[float, str | None]] = []
+        self._times: list[float] = []  # of the changes, for led()
         self._stop = threading.Event()
         self._proc: subprocess.Popen[str] | None = None
         self._thread = threading.Thread(target=self._run, name="leader-watch", daemon=True)
@@ -326,14 +327,12 @@ class LeaderTimeline:
 
     def led(self, node: str, start: float, end: float) -> bool:
         """Whether etcd named `node` leader at some moment of [start, end]."""
-        leader: str | None = None
-        for t, who in self.changes:
-            if t > end:
-                break
-            if t >= start and who == node:
-                return True
-            leader = who
-        return leader == node
+        if len(self._times) != len(self.changes):
+            self._times = [t for t, _ in self.changes]
+        times = self._times
+        lo = bisect.bisect_right(times, start) - 1
+        hi = bisect.bisect_right(times, end)
+        return any(who == node for _, who in self.changes[max(0, lo) : hi])
 
 
 def _leader_of(value: str) -> str | None:
@@ -1139,11 +1138,13 @@ def percentile(values: Sequence[float], q: float) -> float:
 def _measure(fl: FaultLab, result: FaultResult, start: float, end: float) -> None:
     assert fl.client is not None and fl.sampler is not None and fl.timeline is not None
     requests = sorted(fl.client.requests, key=lambda r: r.sent)
+    answers = sorted(r.done for r in requests if r.served)
+    sent = [r.sent for r in requests]
     for t in result.trials:
-        seq = [r for r in requests if t.started <= r.sent < t.ended]
+        seq = requests[bisect.bisect_left(sent, t.started) : bisect.bisect_left(sent, t.ended)]
         t.requests = len(seq)
         t.failed = sum(1 for r in seq if not r.served)
-        t.gap = client_gap(requests, t.started, t.ended)
+        t.gap = client_gap(answers, t.started, t.ended)
         t.non_leader = sum(
             1 for r in seq if r.served and not fl.timeline.led(r.detail, r.sent - 0.1, r.done + 0.1)
         )
@@ -1161,14 +1162,14 @@ def _measure(fl: FaultLab, result: FaultResult, start: float, end: float) -> Non
         result.aborted = (result.aborted or "") + f" sampler failed: {fl.sampler.error}"
 
 
-def client_gap(requests: Sequence[Request], start: float, end: float) -> float:
+def client_gap(answers: Sequence[float], start: float, end: float) -> float:
     """The longest time the client went without an answer in [start, end]: between two
     answers in a row, by when they came back (a request sent while nobody held the
     VIP may still be answered once somebody does: its SYN waited for ARP), counted
-    from the last answer before `start`."""
-    answers = sorted(r.done for r in requests if r.served and r.done <= end)
-    i = bisect.bisect_left(answers, start)
-    times = [*answers[max(0, i - 1) :], end]
+    from the last answer before `start`. `answers`: when each answer came, sorted."""
+    lo = bisect.bisect_left(answers, start)
+    hi = bisect.bisect_right(answers, end)
+    times = [*answers[max(0, lo - 1) : hi], end]
     return max((b - a for a, b in itertools.pairwise(times)), default=end - start)
 
 
