@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBS=(etcd-server etcd-client user-mode-linux ipvsadm iproute2 iputils-ping procps psmisc
-      openssl ca-certificates util-linux postgresql mariadb-server slapd)
+      openssl ca-certificates util-linux postgresql mariadb-server slapd stress-ng gcc libc6-dev)
 
 missing=()
 for p in "${DEBS[@]}"; do

@@ -206,9 +206,19 @@ class DirectorLab:
         path.write_text(spec_yaml)
         self.etcdha("config", "apply", str(path))
 
-    def start_agent(self, node: str, *extra: str) -> Agent:
-        run_dir = self.work / f"run-{node}"
-        log_path = self.work / f"agent-{node}.log"
+    def start_agent(
+        self,
+        node: str,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        run_dir: Path | None = None,
+        log_name: str | None = None,
+    ) -> Agent:
+        """Start `etcdha agent start --node NODE` in NODE's namespace; `env` adds
+        variables to this process's environment for it; `run_dir` and `log_name`
+        (a file in the lab's work dir) default to the node's own."""
+        run_dir = run_dir or self.work / f"run-{node}"
+        log_path = self.work / (log_name or f"agent-{node}.log")
         log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - the process writes it
         try:
             process = self.seed.topology.start(
@@ -227,6 +237,7 @@ class DirectorLab:
                 ),
                 stdout=log,
                 stderr=log,
+                env={**os.environ, **env} if env else None,
             )
         finally:
             log.close()
