@@ -287,7 +287,7 @@ class GroupRunner:
                     old.remove(match)
                     plan.append((key, match[1], False))
                 else:
-                    plan.append((key, make(key), True))
+                    plan.append((key, self._own(make(key)), True))
             if not self.active:
                 self._keys = [k for k, _, _ in plan]
                 self.resources = [r for _, r, _ in plan]
@@ -432,6 +432,20 @@ class GroupRunner:
         metrics.transitions.labels(self.name, "acquired").inc()
         self.notify(self.name, "leader", f"{self.node} holds {self.name}")
 
+    def _own(self, r: Resource) -> Resource:
+        if isinstance(r, AddressRuntime):
+            r.allowed = self._may_place
+        return r
+
+    def _may_place(self) -> bool:
+        """An address may be added now: we hold the term, are starting or leading,
+        and the fence deadline lies ahead."""
+        return (
+            self.term is not None
+            and self.phase in (Phase.starting, Phase.active)
+            and clock.now() < self.deadline()
+        )
+
     async def _addresses_of(self, r: Resource, *, quiet: bool) -> list[HeldAddress]:
         if isinstance(r, AddressRuntime):
             try:
@@ -447,7 +461,7 @@ class GroupRunner:
         handover or a fence never races an address being added back; slower
         audits (scripts) run outside it and stop as soon as we no longer lead."""
         async with self._lock:
-            if not self.active:
+            if not self.active or not self._may_place():
                 return
             for r in self.resources:
                 if r.fence_addresses():

@@ -64,6 +64,11 @@ Behaviour
   guard logs one sentence saying which, and why (no agent connected, or the
   connected agent did not renew). Removals that fail (not "already absent")
   are retried every second until they succeed or the group is re-armed.
+- A group whose deadline passed while the agent that armed it stays
+  connected (frozen: SIGSTOP, a stuck loop) stays fenced: whatever address of
+  it shows up again (an add the agent had in flight when it froze) is removed
+  at the next tick, until the agent re-arms or disarms the group or
+  disconnects.
 - A client that disconnects (crash, kill, planned restart) leaves its groups
   armed: a new agent that connects and re-arms before the deadline keeps the
   addresses without a gap.
@@ -163,6 +168,17 @@ class _Group:
     name: str
     deadline: float
     addresses: list[Address]
+    conn: int = 0  # the connection that armed it
+
+
+@dataclass
+class _Enforced:
+    """An expired group whose agent is still connected (frozen, say): whatever it
+    might add back after resuming, before it learns of the deadline, goes again."""
+
+    group: str
+    addresses: list[Address]
+    conn: int
 
 
 @dataclass
@@ -188,6 +204,9 @@ class FenceGuard:
     )
     _pending: list[_Pending] = field(default_factory=list)
     _expired: set[str] = field(default_factory=set)  # expired and not re-armed or disarmed
+    _enforced: dict[str, _Enforced] = field(default_factory=dict)
+    _open: set[int] = field(default_factory=set)  # connections now open
+    _next_conn: int = 0
     _clients: int = 0
     _idle_since: float = field(default_factory=clock.now)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -231,6 +250,8 @@ class FenceGuard:
                     await self._expire(group)
             if self._pending and min(p.next_try for p in self._pending) <= now:
                 await self._retry_pending()
+            if self._enforced:
+                await self._enforce()
             if self.groups or self._pending or self._clients:
                 self._idle_since = now
             elif now - self._idle_since >= self.idle_exit:
@@ -271,10 +292,27 @@ class FenceGuard:
             outcome[result.split(":")[0]].append(address)
         return outcome
 
+    async def _enforce(self) -> None:
+        """Remove again what an expired group's still-connected agent put back."""
+        for entry in list(self._enforced.values()):
+            if entry.conn not in self._open:
+                del self._enforced[entry.group]
+                continue
+            outcome = await self._remove(entry.addresses)
+            if outcome["removed"]:
+                log.warning(
+                    "fence: %s of group %r came back after its deadline (its agent, frozen "
+                    "until now?); removed again",
+                    _describe_addresses(outcome["removed"]),
+                    entry.group,
+                )
+
     async def _expire(self, group: _Group) -> None:
         if self.groups.get(group.name) is group:
             del self.groups[group.name]
         self._expired.add(group.name)
+        if group.conn in self._open:
+            self._enforced[group.name] = _Enforced(group.name, group.addresses, group.conn)
         outcome = await self._remove(group.addresses)
         late_ms = (clock.now() - group.deadline) * 1000.0
         why = (
@@ -337,6 +375,9 @@ class FenceGuard:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._clients += 1
+        self._next_conn += 1
+        conn = self._next_conn
+        self._open.add(conn)
         name = "an agent"
         try:
             while True:
@@ -354,7 +395,7 @@ class FenceGuard:
                     request = json.loads(line)
                     if not isinstance(request, dict):
                         raise ValueError("a request is a JSON object")
-                    reply = await self._handle(request)
+                    reply = await self._handle(request, conn)
                     if request.get("op") == "hello":
                         agent = request.get("agent")
                         name = f"agent {agent}" if agent else "an agent"
@@ -370,6 +411,7 @@ class FenceGuard:
                     return
         finally:
             self._clients -= 1
+            self._open.discard(conn)
             self._idle_since = clock.now()
             if self.groups:
                 log.info(
@@ -394,7 +436,7 @@ class FenceGuard:
             return False
         return True
 
-    async def _handle(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _handle(self, request: dict[str, Any], conn: int = 0) -> dict[str, Any]:
         op = request.get("op")
         if op == "hello":
             return {"ok": True, "pid": os.getpid(), "version": PROTOCOL_VERSION}
@@ -406,9 +448,10 @@ class FenceGuard:
             if isinstance(deadline, bool) or not isinstance(deadline, int | float):
                 raise ValueError("deadline must be a number (a CLOCK_BOOTTIME value)")
             addresses = _parse_addresses(request.get("addresses", []))
-            entry = _Group(group, float(deadline), addresses)
+            entry = _Group(group, float(deadline), addresses, conn)
             was_expired = group in self._expired
             self._expired.discard(group)
+            self._enforced.pop(group, None)
             self.groups[group] = entry
             self._pending = [p for p in self._pending if p.group != group]
             remaining = entry.deadline - clock.now()
@@ -427,6 +470,7 @@ class FenceGuard:
             if self.groups.pop(group, None) is not None:
                 log.info("fence guard: group %r disarmed by the agent", group)
             self._expired.discard(group)
+            self._enforced.pop(group, None)
             self._pending = [p for p in self._pending if p.group != group]
             return {"ok": True}
         if op == "status":

@@ -52,6 +52,10 @@ class AddressRuntime:
         self.explicit = node.interfaces.get(spec.address, spec.interface)
         self.held: HeldAddress | None = None
         self._announcer: asyncio.Task[None] | None = None
+        # Asked right before the address is added (at start or by an audit): its
+        # runner says no once the fence deadline has passed, whatever was in
+        # flight then (a start or an audit the process was frozen in).
+        self.allowed: Callable[[], bool] = lambda: True
 
     def describe(self) -> str:
         where = self.held.ifname if self.held else (self.explicit or "its subnet's interface")
@@ -71,6 +75,10 @@ class AddressRuntime:
 
     async def start(self) -> None:
         held = await self.resolve()
+        if not self.allowed():
+            raise ResourceError(
+                f"not placing {held.ip} on {held.ifname}: the fence deadline has passed"
+            )
         try:
             # Like keepalived, skip IPv6 duplicate address detection unless asked:
             # it would keep a moving VIP unusable for a second or more.
@@ -119,6 +127,8 @@ class AddressRuntime:
         except (network.NetworkError, OSError) as e:
             raise ResourceError(f"cannot read the addresses of {held.ifname}: {e}") from e
         if state is None:
+            if not self.allowed():
+                return  # the fence deadline passed: the guard took it, and rightly
             log.warning(
                 "%s/%d was removed from %s behind our back; adding it again and announcing it",
                 held.ip,

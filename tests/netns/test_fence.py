@@ -316,3 +316,28 @@ async def test_one_guard_per_socket_and_idle_exit(fenced: Fenced) -> None:
     assert not guard.alive()
     assert not exists(fenced.socket)
     assert await log_says(fenced.log, "exiting: no group armed and no agent connected")
+
+
+async def test_an_address_put_back_after_the_deadline_by_a_connected_agent_goes_again(
+    fenced: Fenced,
+) -> None:
+    """A frozen agent resumed in the middle of an add (a start, an audit) puts an
+    address back after its deadline: while it stays connected without re-arming,
+    the guard removes it again; after a disarm it leaves addresses alone."""
+    start_guard(fenced)
+    client = await connect(fenced)
+    try:
+        deadline = clock.now() + 0.3
+        await client.arm("web", deadline, ADDRESSES)
+        await wait_gone(fenced.ns)
+        fenced.topo.add_address("d", "eth0", "192.0.2.200/24")  # the late add
+        put_back = clock.now()
+        gone = await wait_gone(fenced.ns)
+        assert gone - put_back < LATE_BOUND + 0.1, "the late address stayed"
+        assert await log_says(fenced.log, "came back after its deadline")
+        await client.disarm("web")
+        fenced.topo.add_address("d", "eth0", "192.0.2.200/24")
+        await asyncio.sleep(0.3)
+        assert await present(fenced.ns) == {"192.0.2.200"}
+    finally:
+        await client.aclose()
