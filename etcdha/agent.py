@@ -24,7 +24,8 @@ from typing import Any
 
 from etcdha import __version__, clock, metrics, network, resources
 from etcdha.agent_ipvs import IPVSDuties
-from etcdha.checker import Checker, CheckerNameInUse, claim_name, freeze_gc
+from etcdha.checker import CheckerNameInUse, claim_name, freeze_gc
+from etcdha.checker_process import CheckerProcess
 from etcdha.election import GroupRunner, LeaseKeeper
 from etcdha.election_rules import Action, ClusterView, Leader, Member, decide
 from etcdha.eligibility import Eligibility
@@ -75,7 +76,7 @@ class Agent:
         self._next_wake: float | None = None
         self._pending: list[Coroutine[Any, Any, None]] = []  # resource updates to run
         self.failsafe: Failsafe | None = None
-        self.checker: Checker | None = None
+        self.checker: CheckerProcess | None = None
         self._lease_timings: tuple[float, float, float] | None = None  # the lease's own
         self.ipvs: IPVSDuties | None = None
         self._kernel_checked = 0.0
@@ -105,8 +106,6 @@ class Agent:
                     "next starts (its lease was granted with the old ones)"
                 )
             self._rebuild_runners()
-            if self.checker is not None:
-                self.checker.update(loaded.spec)
             self._kernel_checked = 0.0
         if self.ipvs is not None:
             self.ipvs.config_changed()
@@ -207,13 +206,15 @@ class Agent:
             self._rebuild_runners()
             await self._apply_pending()
             # Every agent checks the real servers too, under its own lease, so a
-            # new leader starts with warm verdicts.
-            self.checker = Checker(
-                store,
+            # new leader starts with warm verdicts; in a process of its own, so the
+            # checks never hold up the lease's keepalives (it follows the config
+            # key itself).
+            self.checker = CheckerProcess(
+                self.settings,
                 self.ks,
                 self.node,
-                lambda: self.spec,
                 lambda: self.keeper.lease_id,
+                self.opts.run_dir,
                 checks_dir=self.opts.checks_dir,
             )
             freeze_gc()
@@ -223,7 +224,11 @@ class Agent:
             await self._remove_stale_addresses()
             await self.eligibility.refresh()
             http = HTTPServer(
-                self.opts.listen_host, self.opts.listen_port, self._healthz, self._readyz
+                self.opts.listen_host,
+                self.opts.listen_port,
+                self._healthz,
+                self._readyz,
+                self.checker.metrics,
             )
             try:
                 await http.start()
