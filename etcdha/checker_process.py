@@ -46,7 +46,7 @@ from etcdha import logs, metrics
 from etcdha.etcd_settings import EtcdSettings
 from etcdha.keyspace import Keyspace
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("etcdha.checker_process")  # also when run as __main__
 
 NICE = 10  # the child's niceness above the agent's: under contention the lease path goes first
 LEASE_POLL = 0.2  # seconds between looks at the agent's lease id
@@ -153,15 +153,21 @@ class CheckerProcess:
             os.close(read_end)
         self.pid = proc.pid
         self.starts += 1
+        exited = asyncio.ensure_future(proc.wait())
         pipe = os.fdopen(write_end, "wb", buffering=0)
-        transport, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, pipe)
+        try:
+            transport, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, pipe)
+        except BaseException:
+            pipe.close()
+            exited.cancel()
+            proc.kill()
+            raise
         try:
             lease = self.lease_id_getter()
             transport.write(json.dumps(self._config(lease)).encode() + b"\n")
             log.info(
                 "checker process started (pid %d, nice +%d, lease %x)", proc.pid, self.nice, lease
             )
-            exited = asyncio.ensure_future(proc.wait())
             while not exited.done():
                 await asyncio.wait({exited}, timeout=LEASE_POLL)
                 now = self.lease_id_getter()
@@ -171,6 +177,8 @@ class CheckerProcess:
             return exited.result()
         finally:
             transport.close()  # the child sees the end of the pipe and exits
+            if not exited.done():
+                exited.cancel()
             if proc.returncode is None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(STOP_WAIT):
