@@ -15,9 +15,11 @@ detail, latency_ms, weight when dynamic), a put bound to the lease that
 ``lease_id_getter`` returns, written only when a verdict changes, and all of
 them again whenever that lease id changes (a new lease after the old one was
 lost: its keys went with it). A real that leaves the spec loses its key.
-Writes go through one publisher task, in txns of up to 64 puts; while etcd
-does not answer they wait (newer verdicts replace older ones) and the probes
-go on.
+Writes go through one publisher task, in txns of up to 64 puts, up to 32 of
+them in flight; while etcd does not answer they wait (newer verdicts replace
+older ones) and the probes go on. :meth:`Checker.adopt` lets a new checker
+carry on from the verdicts an earlier process of the same name left under the
+same lease.
 
 Events: every up->down and down->up transition is recorded in a ``health``
 event under ``events/`` (a first verdict is not a transition). The publisher
