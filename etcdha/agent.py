@@ -456,12 +456,13 @@ class Agent:
         while True:
             try:
                 async for batch in self.store.watch_prefix(self.ks.root, revision + 1):
+                    viewed = False  # verdicts alone change no decision of the HA loop
                     for event in batch.events:
-                        sync.apply(event)
+                        viewed |= sync.apply(event)
                         if self.ipvs is not None:
                             self.ipvs.apply(event, batch.revision)
                     revision = batch.revision
-                    if batch.events:
+                    if viewed:
                         self.eligibility.poke()
                         self.wake.set()
                 continue
