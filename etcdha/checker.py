@@ -15,8 +15,9 @@ detail, latency_ms, weight when dynamic), a put bound to the lease that
 ``lease_id_getter`` returns, written only when a verdict changes, and all of
 them again whenever that lease id changes (a new lease after the old one was
 lost: its keys went with it). A real that leaves the spec loses its key.
-Writes go through one publisher task, in txns of up to 64 puts, up to 32 of
-them in flight; while etcd does not answer they wait (newer verdicts replace
+Writes go through one publisher task, in txns of up to 64 puts, up to 4 of
+them in flight (etcd renews a lease only after applying what it committed
+before: a deep queue of verdict writes would delay every lease's keepalives); while etcd does not answer they wait (newer verdicts replace
 older ones) and the probes go on. :meth:`Checker.adopt` lets a new checker
 carry on from the verdicts an earlier process of the same name left under the
 same lease.
@@ -95,7 +96,7 @@ FIRST_SPREAD = 1.0  # seconds over which the first checks of all reals are sprea
 DISPATCH_AHEAD = 0.002
 DISPATCH_PER_WAKE = 256  # checks started by one callback of the schedule's timer
 TXN_OPS = 64  # etcd's --max-txn-ops is 128 by default
-TXNS_IN_FLIGHT = 32
+TXNS_IN_FLIGHT = 4  # see the module's docstring: lease renewals wait behind them in etcd
 PORTLESS_PROBES = {"ping", "on", "off", "none", "external"}
 EVENT_BURST = 10  # health events written at once before the rate limit applies
 EVENT_EVERY = 10.0  # then one event per this many seconds at most
