@@ -17,8 +17,9 @@ them again whenever that lease id changes (a new lease after the old one was
 lost: its keys went with it). A real that leaves the spec loses its key.
 Writes go through one publisher task, in txns of up to 64 puts, up to 4 of
 them in flight (etcd renews a lease only after applying what it committed
-before: a deep queue of verdict writes would delay every lease's keepalives); while etcd does not answer they wait (newer verdicts replace
-older ones) and the probes go on. :meth:`Checker.adopt` lets a new checker
+before: a deep queue of verdict writes would delay every lease's keepalives);
+while etcd does not answer they wait (newer verdicts replace older ones) and
+the probes go on. :meth:`Checker.adopt` lets a new checker
 carry on from the verdicts an earlier process of the same name left under the
 same lease.
 

@@ -7,8 +7,8 @@ its checker as a child process:
 
 - started by :meth:`CheckerProcess.run` (a task of the agent: the agent's
   election never waits for it), at a lower CPU priority (``NICE``), with
-  ``python -m etcdha.checker_process --name NODE --pipe FD``; it runs the code
-  of ``etcdha checker start`` (:mod:`etcdha.checker_worker`'s config reading and
+  ``nice -n 10 python -m etcdha.checker_process --name NODE --pipe FD``; it
+  runs the code of ``etcdha checker start`` (:mod:`etcdha.checker_worker`'s config reading and
   following, :class:`~etcdha.checker.Checker`, uvloop when installed) on an
   etcd connection of its own;
 - its verdicts stay bound to the agent's lease: the agent writes what the child
@@ -53,7 +53,6 @@ LEASE_POLL = 0.2  # seconds between looks at the agent's lease id
 RESTART_FIRST = 1.0  # seconds before a crashed child is started again; doubles up to
 RESTART_MAX = 30.0
 STABLE = 60.0  # a child that ran this long resets the delay
-STOP_WAIT = 2.0  # seconds the agent waits for its child to exit when it stops
 # Seconds to read the child's metrics (Prometheus's own default timeout is 10 s):
 # a busy child at its lower priority can take seconds to write those of 20,000 reals.
 SCRAPE_TIMEOUT = 8.0
@@ -122,7 +121,6 @@ class CheckerProcess:
             "socket": os.fspath(self.socket_path),
             "agent_pid": os.getpid(),
             "lease": lease,
-            "nice": self.nice,
             "log_format": fmt,
             "log_level": level,
         }
@@ -132,6 +130,11 @@ class CheckerProcess:
         read_end, write_end = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
+                # Niced from its first instruction: a Python start is a second or
+                # two of CPU, and the agent (or a second one starting) goes first.
+                "nice",
+                "-n",
+                str(self.nice),
                 self.python,
                 "-m",
                 "etcdha.checker_process",
@@ -176,13 +179,11 @@ class CheckerProcess:
                     transport.write(json.dumps({"lease": lease}).encode() + b"\n")
             return exited.result()
         finally:
-            transport.close()  # the child sees the end of the pipe and exits
+            # The child sees the end of the pipe and exits by itself. Not waited
+            # for: a stopping agent hands its groups over right after this.
+            transport.close()
             if not exited.done():
                 exited.cancel()
-            if proc.returncode is None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(STOP_WAIT):
-                        await proc.wait()
 
     async def exposition(self) -> bytes:
         """The child's metrics (empty while it starts or when it does not answer)."""
@@ -327,8 +328,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     except _AgentGone:
         return
     logs.setup(conf["log_format"], conf["log_level"])
-    with contextlib.suppress(OSError):
-        os.nice(conf["nice"])
     from etcdha.checker import loop_factory
     from etcdha.checker_worker import raise_fd_limit
 

@@ -27,7 +27,7 @@ pytestmark = [
 ]
 
 REALS = 20_000
-WATCH = 40.0  # seconds with both agents up and checking
+WATCH = 30.0  # seconds with both agents up and checking
 
 
 def services(count: int) -> str:
