@@ -34,6 +34,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -106,6 +107,13 @@ class CheckerProcess:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_MAX)
 
+    def _nice_prefix(self) -> list[str]:
+        """Niced from its first instruction (a Python start is a second or two of
+        CPU, and the agent, or a second one starting, goes first); without
+        coreutils' nice the child lowers its own priority once it runs."""
+        nice = shutil.which("nice")
+        return [nice, "-n", str(self.nice)] if nice else []
+
     def _config(self, lease: int) -> dict[str, Any]:
         settings = {
             k: (os.fspath(v) if isinstance(v, Path) else v)
@@ -121,6 +129,7 @@ class CheckerProcess:
             "socket": os.fspath(self.socket_path),
             "agent_pid": os.getpid(),
             "lease": lease,
+            "nice": 0 if shutil.which("nice") else self.nice,
             "log_format": fmt,
             "log_level": level,
         }
@@ -130,11 +139,7 @@ class CheckerProcess:
         read_end, write_end = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
-                # Niced from its first instruction: a Python start is a second or
-                # two of CPU, and the agent (or a second one starting) goes first.
-                "nice",
-                "-n",
-                str(self.nice),
+                *self._nice_prefix(),
                 self.python,
                 "-m",
                 "etcdha.checker_process",
@@ -328,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except _AgentGone:
         return
     logs.setup(conf["log_format"], conf["log_level"])
+    if conf.get("nice"):
+        with contextlib.suppress(OSError):
+            os.nice(conf["nice"])
     from etcdha.checker import loop_factory
     from etcdha.checker_worker import raise_fd_limit
 

@@ -163,7 +163,10 @@ def test_the_checker_process_is_niced_restarted_and_carries_on(lab: DirectorLab)
         lab.wait_for(lambda: health_count(lab, "node1") == 50, 20, "node1's verdicts")
         [child] = lab.wait_for(lambda: child_pids(lab, "node1"), 10, "node1's checker process")
         agent = lab.agents["node1"]
-        assert nice_of(child) == nice_of(agent.process.pid) + 10
+        # Started as `nice -n 10 python ...`: niced once nice has run.
+        lab.wait_for(
+            lambda: nice_of(child) == nice_of(agent.process.pid) + 10, 5, "the child to be niced"
+        )
 
         # One /metrics with the agent's metrics and its checker's, each family once.
         text = scrape(lab, "node1")
