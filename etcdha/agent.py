@@ -24,7 +24,8 @@ from typing import Any
 
 from etcdha import __version__, clock, membership, metrics, network, resources
 from etcdha.agent_ipvs import IPVSDuties
-from etcdha.checker import Checker, CheckerNameInUse, claim_name, freeze_gc
+from etcdha.checker import CheckerNameInUse, claim_name, freeze_gc
+from etcdha.checker_process import CheckerProcess
 from etcdha.election import GroupRunner, LeaseKeeper, Phase
 from etcdha.election_rules import Action, ClusterView, Leader, Member, decide, may_place
 from etcdha.eligibility import Eligibility
@@ -92,7 +93,7 @@ class Agent:
             opts.run_dir / f"failsafe-{ks.cluster}-{opts.node}.json", opts.node
         )
         self.directors = Directors(opts.node)
-        self.checker: Checker | None = None
+        self.checker: CheckerProcess | None = None
         self._lease_timings: tuple[float, float, float] | None = None  # the lease's own
         self.ipvs: IPVSDuties | None = None
         self._kernel_checked = 0.0
@@ -136,8 +137,6 @@ class Agent:
                     "next starts (its lease was granted with the old ones)"
                 )
             self._rebuild_runners()
-            if self.checker is not None:
-                self.checker.update(loaded.spec)
             self._kernel_checked = 0.0
         if self.ipvs is not None:
             self.ipvs.config_changed()
@@ -283,13 +282,15 @@ class Agent:
             self._rebuild_runners()
             await self._apply_pending()
             # Every agent checks the real servers too, under its own lease, so a
-            # new leader starts with warm verdicts.
-            self.checker = Checker(
-                store,
+            # new leader starts with warm verdicts; in a process of its own, so the
+            # checks never hold up the lease's keepalives (it follows the config
+            # key itself).
+            self.checker = CheckerProcess(
+                self.settings,
                 self.ks,
                 self.node,
-                lambda: self.spec,
                 lambda: self.keeper.lease_id,
+                self.opts.run_dir,
                 checks_dir=self.opts.checks_dir,
             )
             freeze_gc()
@@ -298,7 +299,11 @@ class Agent:
             await self._clear_leftovers()
             await self.eligibility.refresh()
             http = HTTPServer(
-                self.opts.listen_host, self.opts.listen_port, self._healthz, self._readyz
+                self.opts.listen_host,
+                self.opts.listen_port,
+                self._healthz,
+                self._readyz,
+                self.checker.metrics,
             )
             try:
                 await http.start()
@@ -639,12 +644,13 @@ class Agent:
                 async for batch in self.store.watch_prefix(
                     self.ks.root, revision + 1, generation=self._read_generation
                 ):
+                    viewed = False  # verdicts alone change no decision of the HA loop
                     for event in batch.events:
-                        sync.apply(event)
+                        viewed |= sync.apply(event)
                         if self.ipvs is not None:
                             self.ipvs.apply(event, batch.revision)
                     revision = batch.revision
-                    if batch.events:
+                    if viewed:
                         self.eligibility.poke()
                         self.wake.set()
                 continue
@@ -707,8 +713,8 @@ class Agent:
                 await runner.fenced("etcd went back in time")
         self._handed_over.clear()
         self._gated.clear()
-        if self.checker is not None:
-            self.checker.republish()  # the verdicts read back may be old ones
+        # The checker process notices through its own etcd connection and
+        # writes its verdicts again.
 
     def _load_history(self) -> dict[str, int]:
         try:

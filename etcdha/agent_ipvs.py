@@ -101,8 +101,8 @@ class IPVSDuties:
             await asyncio.sleep(DEBOUNCE)
             self.dirty.clear()
             spec, config_revision = spec_of()
-            if spec is None:
-                continue
+            if spec is None or not any(ipvs_settings(spec, g.name) for g in spec.groups):
+                continue  # no IPVS table in the config: nothing reads the verdicts here
             kvs, revision = self.mirror.snapshot(), self.revision
 
             aggregate = functools.partial(

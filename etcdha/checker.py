@@ -15,9 +15,13 @@ detail, latency_ms, weight when dynamic), a put bound to the lease that
 ``lease_id_getter`` returns, written only when a verdict changes, and all of
 them again whenever that lease id changes (a new lease after the old one was
 lost: its keys went with it). A real that leaves the spec loses its key.
-Writes go through one publisher task, in txns of up to 64 puts; while etcd
-does not answer they wait (newer verdicts replace older ones) and the probes
-go on.
+Writes go through one publisher task, in txns of up to 64 puts, up to 4 of
+them in flight (etcd renews a lease only after applying what it committed
+before: a deep queue of verdict writes would delay every lease's keepalives);
+while etcd does not answer they wait (newer verdicts replace older ones) and
+the probes go on. :meth:`Checker.adopt` lets a new checker
+carry on from the verdicts an earlier process of the same name left under the
+same lease.
 
 Events: every up->down and down->up transition is recorded in a ``health``
 event under ``events/`` (a first verdict is not a transition). The publisher
@@ -56,6 +60,7 @@ from etcdha import metrics, probes
 from etcdha.checker_jobs import NEVER, Job, RealKey, RealState, jobs_from_spec, verdict_text
 from etcdha.checker_name import CheckerNameInUse, claim_name
 from etcdha.events import event_put
+from etcdha.health import parse_health
 from etcdha.keyspace import Keyspace, validate_name
 from etcdha.probes import Result, Target
 from etcdha.probes._engine import ProbeEngine, engine_for
@@ -90,7 +95,9 @@ FIRST_SPREAD = 1.0  # seconds over which the first checks of all reals are sprea
 # early (uvloop's are in whole milliseconds), and without this window the
 # dispatcher woke several times per check only to find nothing due yet.
 DISPATCH_AHEAD = 0.002
-TXN_OPS = 64
+DISPATCH_PER_WAKE = 256  # checks started by one callback of the schedule's timer
+TXN_OPS = 64  # etcd's --max-txn-ops is 128 by default
+TXNS_IN_FLIGHT = 4  # see the module's docstring: lease renewals wait behind them in etcd
 PORTLESS_PROBES = {"ping", "on", "off", "none", "external"}
 EVENT_BURST = 10  # health events written at once before the rate limit applies
 EVENT_EVERY = 10.0  # then one event per this many seconds at most
@@ -181,11 +188,13 @@ class Checker:
         event_every: float = EVENT_EVERY,
         event_retention: int = EVENT_RETENTION,
         role: str = "agent",
+        owner_pid: int | None = None,
     ) -> None:
         self.store = store
         self.ks = keyspace
         self.name = validate_name(name, "checker name")
         self.role = role
+        self.owner_pid = owner_pid  # the process its name registration names (None: this one)
         self._refused = ""  # why the name is not ours now ("": it is, or not asked yet)
         self.spec_getter = spec_getter
         self.lease_id_getter = lease_id_getter
@@ -209,6 +218,7 @@ class Checker:
         self._pending: dict[RealKey, bytes | None] = {}
         self._wake = asyncio.Event()
         self._published_lease = 0
+        self._adopted_lease = 0  # its verdicts were read back from etcd (see adopt)
         self._dead_lease = 0
         self._running = False
         self._backoff = 0.1
@@ -265,9 +275,45 @@ class Checker:
                     self._schedule_first(rk)
         self._wake.set()
 
+    async def adopt(self, lease: int) -> int:
+        """Carry on from the verdicts this checker's name holds under ``lease``.
+
+        For a checker that takes over from an earlier process under the same
+        lease (the agent's checker process after a planned restart of the
+        agent, or after a crash of its own): each real's verdict starts as the
+        one in etcd, so a check that agrees writes nothing (``since`` stays) and
+        one that does not is a transition; keys of reals no longer configured
+        are deleted, and nothing else is written again. Call it before
+        :meth:`run`; returns how many verdicts were taken up.
+        """
+        kvs, _ = await self.store.get_prefix(self.ks.health_prefix(self.name))
+        ours = [kv for kv in kvs if kv.lease == lease]
+        records, problems = parse_health(self.ks, ours)
+        for problem in problems:
+            log.warning("ignoring a verdict left in etcd: %s", problem)
+        taken = 0
+        for record in records:
+            rk = (record.service, record.real)
+            st = self.states.get(rk)
+            if st is None:
+                self._pending[rk] = None  # no longer configured
+                continue
+            if st.state is not None:
+                continue  # checked already: that verdict is newer
+            st.state, st.since, st.detail = record.state, record.since, record.detail
+            st.latency_ms = record.latency_ms or 0.0
+            st.weight = record.weight if st.job.dynamic else None
+            _set_state_metrics(st)
+            taken += 1
+        self._adopted_lease = lease
+        if taken:
+            log.info("carrying on from %d verdicts under lease %x", taken, lease)
+        return taken
+
     def republish(self) -> None:
         """Write every verdict again (e.g. after the agent re-created its lease)."""
         self._published_lease = 0
+        self._adopted_lease = 0
         self._dead_lease = 0
         self._wake.set()
 
@@ -346,12 +392,21 @@ class Checker:
         """Start every check that is due, then sleep until the next one."""
         self._timer, self._timer_at = None, math.inf
         loop = self._loop or asyncio.get_running_loop()
-        horizon = loop.time() + DISPATCH_AHEAD
+        now = loop.time()
+        horizon = now + DISPATCH_AHEAD
         heap = self._heap
+        budget = DISPATCH_PER_WAKE
         while heap and heap[0][0] <= horizon:
+            if budget == 0:
+                # The rest on the loop's next turn: a check can end at once (a
+                # refused connect) and a saturated checker would otherwise start
+                # thousands in one callback, while its verdicts wait to be written.
+                self._arm(now)
+                return
             due, _, rk, epoch = heapq.heappop(heap)
             if epoch != self._epochs.get(rk, 0) or rk not in self.states or rk in self._inflight:
                 continue
+            budget -= 1
             check = _Check(self, rk, self.states[rk], epoch, due)
             self._inflight[rk] = check
             if self._active < self.max_concurrency:
@@ -465,41 +520,59 @@ class Checker:
         if lease != self._published_lease:
             if not await self._claim(lease):
                 return
-            for rk, st in self.states.items():
-                if st.state is not None and rk not in self._pending:
-                    self._pending[rk] = st.value()
+            if lease != self._adopted_lease:  # else they are in etcd already
+                for rk, st in self.states.items():
+                    if st.state is not None and rk not in self._pending:
+                        self._pending[rk] = st.value()
+            self._adopted_lease = 0
             self._published_lease = lease
             log.info("publishing %d verdicts under lease %x", len(self._pending), lease)
         while self._pending:
-            batch = list(self._pending.items())[:TXN_OPS]
-            for rk, _ in batch:
+            # Several txns at once: a checker whose loop is saturated by its checks
+            # takes many loop iterations per round trip to etcd.
+            items = list(itertools.islice(self._pending.items(), TXN_OPS * TXNS_IN_FLIGHT))
+            for rk, _ in items:
                 del self._pending[rk]
-            ops = [
-                Op.put(self.key(rk), v, lease=lease) if v is not None else Op.delete(self.key(rk))
-                for rk, v in batch
-            ]
-            try:
-                await self.store.txn([], ops)
-            except EtcdError as e:
-                for rk, v in batch:
-                    self._pending.setdefault(rk, v)
-                if isinstance(e, EtcdLeaseNotFound):
+            batches = [items[i : i + TXN_OPS] for i in range(0, len(items), TXN_OPS)]
+            results = await asyncio.gather(
+                *(self._write(lease, batch) for batch in batches), return_exceptions=True
+            )
+            failed: EtcdError | None = None
+            for batch, result in zip(batches, results, strict=True):
+                if isinstance(result, BaseException):
+                    for rk, v in batch:
+                        self._pending.setdefault(rk, v)
+                    if not isinstance(result, EtcdError):
+                        raise result
+                    failed = result if failed is None else failed
+                    if isinstance(result, EtcdLeaseNotFound):
+                        failed = result
+                else:
+                    self.writes += len(batch)
+                    metrics.health_writes.inc(len(batch))
+            if failed is not None:
+                if isinstance(failed, EtcdLeaseNotFound):
                     log.warning("lease %x is gone; verdicts wait for a new one", lease)
                     self._published_lease = 0
                     self._dead_lease = lease
                     return
-                log.warning("cannot publish verdicts yet: %s", e)
+                log.warning("cannot publish verdicts yet: %s", failed)
                 await asyncio.sleep(self._backoff)
                 self._backoff = min(self._backoff * 2, 2.0)
                 return
             self._backoff = 0.1
-            self.writes += len(ops)
-            metrics.health_writes.inc(len(ops))
+
+    async def _write(self, lease: int, batch: list[tuple[RealKey, bytes | None]]) -> None:
+        ops = [
+            Op.put(self.key(rk), v, lease=lease) if v is not None else Op.delete(self.key(rk))
+            for rk, v in batch
+        ]
+        await self.store.txn([], ops)
 
     async def _claim(self, lease: int) -> bool:
         """Hold our name under ``lease`` before publishing under it."""
         try:
-            await claim_name(self.store, self.ks, self.name, lease, self.role)
+            await claim_name(self.store, self.ks, self.name, lease, self.role, self.owner_pid)
         except CheckerNameInUse as e:
             if str(e) != self._refused:
                 log.error("not publishing verdicts: %s", e)

@@ -47,8 +47,7 @@ def _process_start(pid: int) -> str | None:
     return fields[19]
 
 
-def _registration(role: str) -> bytes:
-    pid = os.getpid()
+def _registration(role: str, pid: int) -> bytes:
     return json.dumps(
         {
             "role": role,
@@ -61,18 +60,24 @@ def _registration(role: str) -> bytes:
     ).encode()
 
 
-async def claim_name(store: Store, ks: Keyspace, name: str, lease_id: int, role: str) -> None:
+async def claim_name(
+    store: Store, ks: Keyspace, name: str, lease_id: int, role: str, owner_pid: int | None = None
+) -> None:
     """Hold ``checkers/<name>`` under ``lease_id``, or raise CheckerNameInUse.
 
     Taken: by this lease already (nothing to do); by a live checker elsewhere or
     by a running process on this host (refused); by a process of this host that
     is gone, or by this very process under an older lease (taken over).
+
+    ``owner_pid``: the process the registration names, when it is not this one
+    (the agent's checker process registers the agent, whose lease it uses).
     """
+    me = owner_pid or os.getpid()
     key = ks.checker(name)
     for _ in range(5):
         result = await store.txn(
             [Compare.create_revision(key, "==", 0)],
-            [Op.put(key, _registration(role), lease=lease_id)],
+            [Op.put(key, _registration(role, me), lease=lease_id)],
             [Op.get(key)],
         )
         if result.succeeded:
@@ -90,11 +95,11 @@ async def claim_name(store: Store, ks: Keyspace, name: str, lease_id: int, role:
             data = {}
         pid, started = data.get("pid"), data.get("pid_start")
         if held.lease == lease_id:
-            if pid != os.getpid() or started != _process_start(os.getpid()):
+            if pid != me or started != _process_start(me):
                 # Our lease, reclaimed by a new process (an agent's planned restart).
                 await store.txn(
                     [Compare.lease(key, "==", lease_id)],
-                    [Op.put(key, _registration(role), lease=lease_id)],
+                    [Op.put(key, _registration(role, me), lease=lease_id)],
                 )
             return
         this_host = data.get("host") == socket.gethostname() and data.get("boot_id") == boot_id()
@@ -102,9 +107,9 @@ async def claim_name(store: Store, ks: Keyspace, name: str, lease_id: int, role:
             not isinstance(pid, int)
             or _process_start(pid) is None
             or _process_start(pid) != started
-            or pid == os.getpid()
+            or pid == me
         )
-        if held.lease and gone and data.get("role") == "agent" and pid != os.getpid():
+        if held.lease and gone and data.get("role") == "agent" and pid != me:
             # Never revoke a crashed agent's lease: its addresses stay until its
             # fence guard removes them at the lease's deadline.
             ttl = await store.time_to_live(held.lease)
@@ -125,7 +130,7 @@ async def claim_name(store: Store, ks: Keyspace, name: str, lease_id: int, role:
                 f" (pid {pid}, {key}, lease {held.lease:x}, {ttl}s left): stop it, or give"
                 " this checker another --name (if it crashed, its lease expires within that time)"
             )
-        if held.lease and pid != os.getpid():
+        if held.lease and pid != me:
             # An earlier incarnation on this host: its verdicts are stale.
             log.info(
                 "checker name %s: taking over from pid %s, gone; revoking its lease %x",

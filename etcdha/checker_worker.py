@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import resource
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from etcdha.store import (
     EtcdError,
     EtcdSettings,
     Store,
+    StoreWentBack,
     WatchCompacted,
 )
 
@@ -65,6 +67,59 @@ class _LeaseHolder:
             self.lease_id = 0
 
 
+def raise_fd_limit() -> None:
+    """Every check in flight holds a socket: allow as many as the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def wait_for_config(store: Store, keyspace: Keyspace) -> tuple[ClusterSpec, int]:
+    """The stored spec and its revision, once there is a valid one."""
+    said = False
+    while True:
+        kv = await store.get(keyspace.config())
+        if kv is not None:
+            stored = parse_stored(kv, keyspace)
+            if stored.spec is not None:
+                return stored.spec, kv.mod_revision
+            log.error("the stored config is invalid: %s", stored.problem)
+        if not said:
+            log.info("waiting for a config at %s", keyspace.config())
+            said = True
+        await asyncio.sleep(1.0)
+
+
+async def follow_config(
+    store: Store, keyspace: Keyspace, revision: int, on_spec: Callable[[ClusterSpec], None]
+) -> None:
+    """Call ``on_spec`` with every valid config stored after ``revision``."""
+    while True:
+        try:
+            async for batch in store.watch_prefix(keyspace.config(), revision + 1):
+                revision = batch.revision
+                for event in batch.events:
+                    if event.kv.key != keyspace.config() or not event.kv.value:
+                        continue
+                    stored = parse_stored(event.kv, keyspace)
+                    if stored.spec is None:
+                        log.error("ignoring an invalid config: %s", stored.problem)
+                        continue
+                    log.info("config revision %d is in force", event.kv.mod_revision)
+                    on_spec(stored.spec)
+        except (WatchCompacted, StoreWentBack):
+            kvs, revision = await store.get_prefix(keyspace.config())
+            for kv in kvs:
+                stored = parse_stored(kv, keyspace)
+                if kv.key == keyspace.config() and stored.spec is not None:
+                    on_spec(stored.spec)
+
+
+def loop_name() -> str:
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
 async def run_standalone(
     settings: EtcdSettings,
     keyspace: Keyspace,
@@ -81,21 +136,7 @@ async def run_standalone(
     """
     validate_name(name, "checker name")
     async with await Store.connect(settings) as store:
-        spec: ClusterSpec | None = None
-        config_rev = 0
-        said = False
-        while spec is None:
-            kv = await store.get(keyspace.config())
-            if kv is not None:
-                stored = parse_stored(kv, keyspace)
-                spec, config_rev = stored.spec, kv.mod_revision
-                if stored.problem is not None:
-                    log.error("the stored config is invalid: %s", stored.problem)
-            if spec is None:
-                if not said:
-                    log.info("waiting for a config at %s", keyspace.config())
-                    said = True
-                await asyncio.sleep(1.0)
+        spec, config_rev = await wait_for_config(store, keyspace)
         holder = _LeaseHolder(store, math.ceil(spec.election.lease_ttl))
         holder.lease_id = (await store.grant(holder.ttl)).id
         try:
@@ -113,6 +154,9 @@ async def run_standalone(
             checks_dir=checks_dir,
             role="worker",
         )
+        # etcd went back in time (restored, rebuilt): what it holds of our verdicts
+        # may be old; write them all again.
+        store.on_went_back(lambda why: checker.republish())
         http: HTTPServer | None = None
         if listen is not None:
             http = HTTPServer(
@@ -123,43 +167,20 @@ async def run_standalone(
             )
             await http.start()
 
-        async def follow_config() -> None:
+        def new_spec(spec: ClusterSpec) -> None:
             nonlocal current
-            revision = config_rev
-            while True:
-                try:
-                    async for batch in store.watch_prefix(keyspace.config(), revision + 1):
-                        revision = batch.revision
-                        for event in batch.events:
-                            if event.kv.key != keyspace.config() or not event.kv.value:
-                                continue
-                            stored = parse_stored(event.kv, keyspace)
-                            if stored.spec is None:
-                                log.error("ignoring an invalid config: %s", stored.problem)
-                                continue
-                            current = stored.spec
-                            log.info("config revision %d is in force", event.kv.mod_revision)
-                            checker.update(current)
-                except WatchCompacted:
-                    kvs, revision = await store.get_prefix(keyspace.config())
-                    for kv in kvs:
-                        stored = parse_stored(kv, keyspace)
-                        if kv.key == keyspace.config() and stored.spec is not None:
-                            current = stored.spec
-                            checker.update(current)
+            current = spec
+            checker.update(spec)
 
         checker.update(current)
         freeze_gc()
         log.info(
-            "checker %s: %d real servers, %s event loop",
-            name,
-            len(checker.states),
-            type(asyncio.get_running_loop()).__module__.split(".")[0],
+            "checker %s: %d real servers, %s event loop", name, len(checker.states), loop_name()
         )
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(holder.run(), name="lease")
-                tg.create_task(follow_config(), name="config")
+                tg.create_task(follow_config(store, keyspace, config_rev, new_spec), name="config")
                 tg.create_task(checker.run(), name="checker")
                 if ready is not None:
                     ready(checker)

@@ -169,7 +169,10 @@ class LeaseKeeper:
         """Keep the lease alive until it is lost; then set `lost` and return."""
         while True:
             started = time.monotonic()  # asyncio sleeps on the monotonic clock
-            timeout = max(0.2, min(self.interval, self.remaining()))
+            # A whole interval to answer, even past the deadline: a late answer still
+            # tells when it was sent, and a shorter wait would never let a slow etcd
+            # (or a loaded machine) catch up.
+            timeout = max(0.2, self.interval)
             try:
                 result = await self.store.keepalive_once(self.lease_id, timeout=timeout)
             except (EtcdError, TimeoutError) as e:

@@ -4,21 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from etcdha.metrics import REGISTRY
+from etcdha import metrics
 
 log = logging.getLogger(__name__)
 
 Probe = Callable[[], tuple[bool, str]]
+Exposition = Callable[[], Awaitable[bytes]]
+
+
+async def _own_metrics() -> bytes:
+    return metrics.exposition()
 
 
 class HTTPServer:
-    def __init__(self, host: str, port: int, healthz: Probe, readyz: Probe) -> None:
+    """``exposition`` gives /metrics' body (default: this process's metrics)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        healthz: Probe,
+        readyz: Probe,
+        exposition: Exposition | None = None,
+    ) -> None:
         self.host, self.port = host, port
         self._routes: dict[str, Probe] = {"/healthz": healthz, "/readyz": readyz}
+        self._exposition = exposition or _own_metrics
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -41,7 +56,7 @@ class HTTPServer:
             parts = request.decode("latin-1").split()
             path = parts[1].split("?")[0] if len(parts) >= 2 else ""
             if path == "/metrics":
-                status, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+                status, ctype, body = 200, CONTENT_TYPE_LATEST, await self._exposition()
             elif path in self._routes:
                 ok, text = self._routes[path]()
                 status, ctype, body = (200 if ok else 503), "text/plain", (text + "\n").encode()

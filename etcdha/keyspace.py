@@ -29,6 +29,7 @@ parser accepts only that spelling, so equal services always share one key.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import re
 import secrets
@@ -465,6 +466,10 @@ class Keyspace:
         if not key.startswith(self.root):
             return None
         head, *rest = key[len(self.root) :].split("/")
+        if head == "health":  # first: most keys are verdicts (no named key starts so)
+            if len(rest) == 3 and is_valid_name(rest[0]) and _valid_service_real(rest[1], rest[2]):
+                return ParsedKey(KeyKind.HEALTH, (rest[0], rest[1], rest[2]))
+            return None
         segs = (head, *rest)
         for pattern, kind in _NAMED_KEYS:
             if len(pattern) == len(segs) and all(
@@ -474,10 +479,6 @@ class Keyspace:
                 return ParsedKey(
                     kind, tuple(s for p, s in zip(pattern, segs, strict=True) if p == "*")
                 )
-        if head == "health" and len(rest) == 3:
-            checker, service, real = rest
-            if is_valid_name(checker) and _valid_service_real(service, real):
-                return ParsedKey(KeyKind.HEALTH, (checker, service, real))
         if segs[:2] == ("admin", "drain") and len(segs) == 4:
             service, real = segs[2], segs[3]
             if _valid_service_real(service, real):
@@ -485,7 +486,10 @@ class Keyspace:
         return None
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def _valid_service_real(service: str, real: str) -> bool:
+    # Cached: an agent classifies every health key its watch brings (one per
+    # real and checker), and parsing both addresses costs about 40 us.
     try:
         parse_service_segment(service)
         parse_real_segment(real)

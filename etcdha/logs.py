@@ -28,6 +28,13 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+def current() -> tuple[LogFormat, str]:
+    """The format and level :func:`setup` set (for a child process to log alike)."""
+    root = logging.getLogger()
+    json_out = any(isinstance(h.formatter, _JsonFormatter) for h in root.handlers)
+    return ("json" if json_out else "text"), logging.getLevelName(root.level).lower()
+
+
 def setup(fmt: LogFormat = "text", level: str = "info") -> None:
     """Send logs to stderr (data goes to stdout)."""
     handler = logging.StreamHandler(sys.stderr)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import bisect
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -219,6 +219,44 @@ health_writes = Counter(
     "Health keys this checker wrote or deleted in etcd (verdict changes and republishing)",
     registry=REGISTRY,
 )
+
+# What a checker exports. The agent's checker runs in a process of its own
+# (etcdha.checker_process), which serves these; the agent serves the rest and
+# appends the checker's, so its /metrics shows both as before.
+CHECKER_COLLECTORS: tuple[Collector, ...] = (check_metrics, real_up, real_weight, health_writes)
+
+
+class _Collectors:
+    """A registry-like view (what generate_latest reads) over some collectors."""
+
+    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        self.collect = collect
+
+
+def _checker_families(described: bool = False) -> Iterable[Metric]:
+    """The families (``described``: without their samples, which cost a pass
+    over every real)."""
+    for collector in CHECKER_COLLECTORS:
+        describe = getattr(collector, "describe", None) if described else None
+        yield from describe() if describe is not None else collector.collect()
+
+
+def _other_families() -> Iterable[Metric]:
+    names = {m.name for m in _checker_families(described=True)}
+    return (m for m in REGISTRY.collect() if m.name not in names)
+
+
+def checker_exposition() -> bytes:
+    """The checker's metrics alone, in the text exposition format."""
+    return generate_latest(_Collectors(_checker_families))
+
+
+def exposition(*, checker: bool = True) -> bytes:
+    """Every metric of this process; ``checker=False``: without the checker's."""
+    if checker:
+        return generate_latest(REGISTRY)
+    return generate_latest(_Collectors(_other_families))
+
 
 # The IPVS table of each group this node reconciles (leader, or warm standby copy).
 ipvs_reconcile_duration = Histogram(

@@ -58,6 +58,7 @@ class ViewSync:
         self.on_member = on_member  # every member value an agent wrote, as read
         self._complained: set[str] = set()
         self.config_revision = 0
+        self._not_viewed = (ks.health_prefix(), ks.events_prefix())
 
     def _complain(self, key: str, why: str) -> None:
         if key not in self._complained:
@@ -91,11 +92,17 @@ class ViewSync:
         for kv in kvs:
             self.put(kv, trusted=trusted)
 
-    def apply(self, event: WatchEvent) -> None:
+    def apply(self, event: WatchEvent) -> bool:
+        """Follow one watch event; False when its key is none of the view's
+        (health verdicts and events, most of the traffic with thousands of
+        reals): then nothing needs deciding again."""
+        if event.kv.key.startswith(self._not_viewed):
+            return False
         if event.type is EventType.PUT:
             self.put(event.kv)
         else:
             self.delete(event.kv.key, event.kv.mod_revision)
+        return True
 
     def put(self, kv: KeyValue, *, trusted: bool = True) -> None:
         parsed = self.ks.classify(kv.key)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import resource
 import signal
 import socket
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Annotated
 import typer
 
 from etcdha.checker import CheckerNameInUse, default_checks_dir, loop_factory
-from etcdha.checker_worker import run_standalone
+from etcdha.checker_worker import raise_fd_limit, run_standalone
 from etcdha.cli.common import EXIT_CODES_HELP, Conn, Exit, fail, with_conn
 from etcdha.keyspace import is_valid_name
 from etcdha.store import EtcdError, EtcdUnavailable
@@ -24,14 +23,6 @@ app = typer.Typer(
     + EXIT_CODES_HELP,
     no_args_is_help=True,
 )
-
-
-def _raise_fd_limit() -> None:
-    """Every check in flight holds a socket: allow as many as the hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def _main(conn: Conn, name: str, checks_dir: Path, listen: tuple[str, int] | None) -> None:
@@ -96,7 +87,7 @@ def start(
     directory = checks_dir or default_checks_dir()
     if not directory.is_dir():
         fail(f"--checks-dir: {directory} is not a directory", Exit.USAGE)
-    _raise_fd_limit()
+    raise_fd_limit()
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(_main(conn, checker, directory, where))

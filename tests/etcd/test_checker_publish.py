@@ -242,3 +242,49 @@ async def test_standalone_worker_holds_its_own_lease(
         # Stopping revokes the lease: the worker's verdicts are gone at once.
         kvs, _ = await store.get_prefix(keyspace.health_prefix("worker1"))
         assert kvs == []
+
+
+async def test_a_new_checker_carries_on_from_the_verdicts_under_its_lease(
+    store: Store, keyspace: Keyspace
+) -> None:
+    """adopt(): what the agent's checker process does after a planned restart or
+    a crash: the verdicts under the lease stand, agreeing checks write nothing,
+    a real that changed meanwhile is a transition, and the key of a real that
+    left the config goes; keys under another lease are not its own."""
+    lease = (await store.grant(30)).id
+    async with servers(4) as (many, one):
+        spec = spec_for([*many.ports, *one.ports])
+        first = Checker(store, keyspace, "node1", lambda: spec, lambda: lease)
+        prefix = keyspace.health_prefix("node1")
+        async with recording(store, prefix) as rec, running(first):
+            await rec.wait_for(4, timeout=10)
+        kvs, _ = await store.get_prefix(prefix)
+        before = {kv.key: kv.mod_revision for kv in kvs}
+        assert len(before) == 4
+
+        # Meanwhile: one real fails, one leaves the config; a stray key under
+        # another lease (not this checker's to adopt) is left alone.
+        one.behaviour.status = 503
+        smaller = spec_for([*many.ports[1:], *one.ports])
+        gone = first.key(("tcp-192.0.2.200-80", f"127.0.0.1-{many.ports[0]}"))
+        other = (await store.grant(30)).id
+        stray = keyspace.health("node1", "tcp-192.0.2.200-80", "127.0.0.9-80")
+        await store.put(stray, b'{"state":"up","since":"","detail":""}', lease=other)
+
+        second = Checker(store, keyspace, "node1", lambda: smaller, lambda: lease)
+        second.update(smaller)
+        assert await second.adopt(lease) == 3
+        async with recording(store, prefix) as rec, running(second):
+            await rec.wait_for(2, timeout=10)
+            await asyncio.sleep(1.5)  # five checks of every real
+        writes = {(e.type, e.kv.key) for e in rec.events}
+        changed = second.key(("tcp-192.0.2.200-80", f"127.0.0.1-{one.ports[0]}"))
+        assert writes == {(EventType.DELETE, gone), (EventType.PUT, changed)}, writes
+        assert second.transitions == 1  # up -> down, recorded as a health event
+        kvs, _ = await store.get_prefix(prefix)
+        after = {kv.key: kv.mod_revision for kv in kvs}
+        assert stray in after
+        unchanged = set(before) - {gone, changed}
+        assert {k: after[k] for k in unchanged} == {k: before[k] for k in unchanged}
+        await store.revoke(other)
+    await store.revoke(lease)
