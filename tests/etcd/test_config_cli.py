@@ -745,11 +745,19 @@ def test_unreachable_etcd_exits_4_quickly(silent_endpoint: str, tmp_path: Path) 
         ["online", "node1"],
         ["takeover", "node1"],
         ["events"],
-        ["agent", "start", "--node", "node1", "--listen", "127.0.0.1:0", "--run-dir", run_dir],
+        ["agent", "start", "--node", "node1", "--listen", "127.0.0.1:0", "--run-dir"],
     ]
     commands = []
-    for listed in (refused, f"{refused},{silent_endpoint}"):
-        commands += [[*c, "--endpoints", listed, "--cluster", "gone"] for c in etcd_commands]
+    for i, listed in enumerate((refused, f"{refused},{silent_endpoint}")):
+        # Agents of one node name on one host need a run directory each (its lock).
+        commands += [
+            [
+                *c,
+                *([f"{run_dir}{i}"] if c[-1] == "--run-dir" else []),
+                *("--endpoints", listed, "--cluster", "gone"),
+            ]
+            for c in etcd_commands
+        ]
     # Each command in its own process (forked after a shared start), and two cold
     # starts as a user runs them, which also pay for Python's start.
     runs = etcdha_batch(commands, jobs=len(commands))  # they wait more than they compute
