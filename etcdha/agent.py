@@ -80,6 +80,9 @@ class Agent:
         self.ipvs: IPVSDuties | None = None
         self._kernel_checked = 0.0
         self._handed_over: dict[str, float] = {}  # group -> when we last handed it over
+        # Until the HA loop runs, members/<node> says "starting", not eligible: another
+        # node would hand a group over to us before we could campaign for it.
+        self._ready = False
 
     # -- start-up
 
@@ -129,7 +132,7 @@ class Agent:
         return Member(self.node, self.keeper.lease_id, v.eligible, v.why, v.ping_ok)
 
     def _member_data(self) -> dict[str, Any]:
-        v = self.eligibility.current() if hasattr(self, "eligibility") else None
+        v = self.eligibility.current() if self._ready else None
         return {
             "node": self.node,
             "host": socket.gethostname(),
@@ -233,6 +236,9 @@ class Agent:
                     f"({e.strerror}); choose another --listen"
                 ) from None
             self._install_signals()
+            self._ready = True
+            self.eligibility.changed.set()  # the eligibility task publishes it first thing
+            log.info("%s is ready: its member key now says whether it may lead", self.node)
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._lease_loop(), name="lease")

@@ -85,3 +85,4 @@ async def register(
     if not result.succeeded:
         await keeper.revoke()
         raise AlreadyRunning(f"node {node} registered concurrently by another agent ({key})")
+    log.info("member registered: %s under lease %x", key, keeper.lease_id)
