@@ -26,11 +26,12 @@ from collections.abc import Iterator
 
 import pytest
 from agents import (
+    POLL,
     REACT,
     Held,
     LineServer,
+    Watch,
     daemons,
-    leaders,
     logs_on_failure,
     wait_daemons,
     wait_ready,
@@ -87,33 +88,38 @@ virtual_services:
 
 
 @pytest.fixture
-def lab() -> Iterator[DirectorLab]:
+def rig(request: pytest.FixtureRequest) -> Iterator[Watch]:
     with DirectorLab() as lab:
         s = lab.seed
         servers = [LineServer(s.ns(n), n, getattr(s, n)) for n in ("rs1", "rs2")]
         servers += [LineServer(s.ns(n), n, "0.0.0.0") for n in s.nodes]
+        watch = Watch(lab, [s.vip, VIP2])
         try:
-            with logs_on_failure(lab):
-                yield lab
+            with logs_on_failure(lab, request):
+                yield watch
         finally:
+            watch.close()
             for server in servers:
                 server.close()
 
 
-def test_each_director_runs_the_daemons_its_groups_need(lab: DirectorLab) -> None:
-    s = lab.seed
+def test_each_director_runs_the_daemons_its_groups_need(rig: Watch) -> None:
+    lab, s, watch = rig.lab, rig.lab.seed, rig
     lab.apply(spec(lab))
     lab.start_agent("node1")
-    wait_ready(lab, "node1")
+    wait_ready(watch, "node1")
     lab.start_agent("node2")
-    wait_ready(lab, "node2")
-    lab.wait_for(
-        lambda: leaders(lab) == {"lvs1": "node1", "lvs2": "node2"},
+    wait_ready(watch, "node2")
+    watch.wait(
+        lambda: watch.leaders() == {"lvs1": "node1", "lvs2": "node2"},
         TTL + REACT,
         "node1 to lead lvs1 and node2 lvs2",
     )
-    assert lab.holders(s.vip) == ["node1"]
-    lab.wait_for(lambda: lab.holders(VIP2) == ["node2"], REACT, "node2 to hold lvs2's VIP")
+    watch.wait(
+        lambda: watch.holders(s.vip) == ("node1",) and watch.holders(VIP2) == ("node2",),
+        REACT,
+        "node1 to hold lvs1's VIP and node2 lvs2's",
+    )
 
     # each leads one group and stands by for the other: master and backup on both
     wait_daemons(
@@ -131,13 +137,13 @@ def test_each_director_runs_the_daemons_its_groups_need(lab: DirectorLab) -> Non
         table = sh("ip", "netns", "exec", s.ns("node1"), "ipvsadm", "-L", "-n", "-c")
         return f"{s.client}:{held.port}" in table
 
-    lab.wait_for(synced, 5, "node1's backup to learn lvs2's connection from node2", interval=0.2)
+    lab.wait_for(synced, 5, "node1's backup to learn lvs2's connection from node2", POLL)
 
     # kill -9 node1's agent: node2 leads both and runs only the master; node1's
     # kernel keeps what its agent left
     lab.kill_agent("node1")
-    lab.wait_for(
-        lambda: leaders(lab) == {"lvs1": "node2", "lvs2": "node2"},
+    watch.wait(
+        lambda: watch.leaders() == {"lvs1": "node2", "lvs2": "node2"},
         TTL + REACT,
         "node2 to lead both groups",
     )
@@ -148,19 +154,19 @@ def test_each_director_runs_the_daemons_its_groups_need(lab: DirectorLab) -> Non
     # node1 restarts in standby: it leads nothing, so the master left running goes
     lab.etcdha("standby", "node1")
     lab.start_agent("node1")
-    assert wait_started(lab, "node1")["eligible"] is False
+    assert wait_started(watch, "node1")["eligible"] is False
     wait_daemons(
         lab,
         {"node1": {BACKUP}, "node2": {MASTER}},
         REACT,
         "node1's new agent to stop the master it does not need",
     )
-    assert leaders(lab) == {"lvs1": "node2", "lvs2": "node2"}
+    assert watch.leaders() == {"lvs1": "node2", "lvs2": "node2"}
 
     # online: node1 takes lvs1 back; both directors run both daemons again
     lab.etcdha("online", "node1")
-    lab.wait_for(
-        lambda: leaders(lab) == {"lvs1": "node1", "lvs2": "node2"},
+    watch.wait(
+        lambda: watch.leaders() == {"lvs1": "node1", "lvs2": "node2"},
         TTL + REACT,
         "node1 to lead lvs1 again",
     )
@@ -170,6 +176,8 @@ def test_each_director_runs_the_daemons_its_groups_need(lab: DirectorLab) -> Non
         REACT,
         "a master and a backup sync daemon on each director again",
     )
-    assert lab.holders(s.vip) == ["node1"] and lab.holders(VIP2) == ["node2"]
+    assert watch.holders(s.vip) == ("node1",) and watch.holders(VIP2) == ("node2",)
     assert held.ask() == "node2"
     held.close()
+    # never two holders of either VIP
+    assert watch.most_holders(s.vip) == 1 and watch.most_holders(VIP2) == 1
