@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from etcdha.election_rules import Action, ClusterView, Leader, Member, decide
 from etcdha.eligibility import Eligibility
 from etcdha.events import now_rfc3339
 from etcdha.failsafe import PROBE_LIMIT, Failsafe, TLSFiles
-from etcdha.fence import FenceClient
+from etcdha.fence import FenceClient, guard_paths
 from etcdha.httpd import HTTPServer
 from etcdha.keyspace import Keyspace
 from etcdha.membership import AlreadyRunning, StartupError, boot_id, register
@@ -55,6 +56,7 @@ class AgentOptions:
     tick: float = 1.0  # the HA loop runs at least this often
     peer_tls: TLSFiles | None = None  # for failsafe confirmations between directors
     checks_dir: Path | None = None  # external check scripts (default: see checker)
+    fence_guard: subprocess.Popen[bytes] | None = None  # started early (fence.start_guard)
 
 
 class Agent:
@@ -165,8 +167,10 @@ class Agent:
             sync = ViewSync(self.ks, self.view, time.monotonic, self._on_config)
             revision = await self._wait_for_config(store, sync)
             spec = self._spec()
-            base = self.opts.run_dir / f"fence-{self.ks.cluster}-{self.node}"
-            self.fence = FenceClient(f"{base}.sock", agent=self.node, log_file=f"{base}.log")
+            sock, guard_log = guard_paths(self.opts.run_dir, self.ks.cluster, self.node)
+            self.fence = FenceClient(
+                sock, agent=self.node, log_file=guard_log, starting=self.opts.fence_guard
+            )
             await self.fence.connect()
             self._lease_timings = (
                 spec.election.lease_ttl,
