@@ -43,6 +43,7 @@ from etcdha import metrics, resources
 from etcdha.events import now_rfc3339
 from etcdha.ipvs.desired import Plan, compiled_reals, named_services, plan
 from etcdha.ipvs.diff import Op, OpKind, apply_ops, diff
+from etcdha.ipvs.inputs import Inputs
 from etcdha.ipvs.model import ServiceKey, Table
 from etcdha.ipvs.netlink import IPVSError, NetlinkBackend, OpError
 from etcdha.ipvs.text import to_ipvsadm, to_json
@@ -62,17 +63,6 @@ MIN_RESYNC = 1.0  # seconds between audit resyncs, at least
 RESYNC_FACTOR = 20  # ... and at least this many times the last reconcile's duration
 STATUS_TABLE_LIMIT = 512 * 1024  # bytes of JSON: larger tables go to status as a digest
 LOG_OPS = 20  # more changes than this are logged as a summary
-
-
-@dataclass(frozen=True)
-class Inputs:
-    spec: ClusterSpec | None = None
-    config_revision: int = 0
-    verdicts: Mapping[tuple[str, str], bool] = field(default_factory=dict)
-    health_revision: int = 0
-    drains: frozenset[tuple[str, str]] = frozenset()
-    drain_revision: int = 0
-    weights: Mapping[tuple[str, str], int] = field(default_factory=dict)  # dynamic ones
 
 
 class Feed:
