@@ -143,6 +143,10 @@ class Watch:
             k[len(lead) :]: str(v.get("node")) for k, v in self.keys.items() if k.startswith(lead)
         }
 
+    def since(self, address: str, holders: tuple[str, ...]) -> float:
+        """When (monotonic) `address` last came to be held by exactly `holders`."""
+        return max(t for t, a, h in self.holdings if a == address and h == holders)
+
     def most_holders(self, address: str) -> int:
         """The most directors seen holding `address` at once."""
         return max((len(h) for _, a, h in self.holdings if a == address), default=0)
