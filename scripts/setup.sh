@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(etcd-server etcd-client user-mode-linux ipvsadm iproute2 iputils-ping procps psmisc
+DEBS=(etcd-server etcd-client user-mode-linux ipvsadm iproute2 iputils-ping procps psmisc stress-ng
       openssl ca-certificates util-linux postgresql mariadb-server slapd)
 
 missing=()
