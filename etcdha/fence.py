@@ -344,6 +344,7 @@ class FenceGuard:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._clients += 1
         name = "an agent"
+        spoke = False  # a bare connect (is a guard there?) is not worth a log line
         try:
             while True:
                 request: Any = None
@@ -356,6 +357,7 @@ class FenceGuard:
                     return
                 if not line:
                     return
+                spoke = True
                 try:
                     request = json.loads(line)
                     if not isinstance(request, dict):
@@ -377,7 +379,7 @@ class FenceGuard:
         finally:
             self._clients -= 1
             self._idle_since = clock.now()
-            if self.groups:
+            if self.groups and spoke:
                 log.info(
                     "fence guard: %s disconnected; keeping %s armed",
                     name,

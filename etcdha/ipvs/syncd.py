@@ -235,4 +235,4 @@ class SyncDaemons:
             where = "this node leads no group with a sync daemon"
         else:
             where = "no group with a sync daemon is led by another node"
-        return f"{where}; found on {why}" if why == "audit" else where
+        return f"{where}; the kernel had it otherwise" if why == "audit" else where
