@@ -161,13 +161,14 @@ class IPVSDuties:
             if self.standby[group][0] != wanted.get(group):
                 _, table = self.standby.pop(group)
                 await table.stop()
+        # Before new standby copies, which may take a while to fill on a large table.
+        await self.daemons.follow(*daemon_roles(spec, self.node, leading))
         for group, settings in wanted.items():
             if group in self.standby:
                 continue
             if time.monotonic() - self._failed.get(group, -RETRY_STANDBY) < RETRY_STANDBY:
                 continue
             await self._start_standby(group, settings)
-        await self.daemons.follow(*daemon_roles(spec, self.node, leading))
 
     async def _start_standby(self, group: str, settings: IPVSResource) -> None:
         table = IPVSTable(group, self.feed, settings=settings, role="standby")
