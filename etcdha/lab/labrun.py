@@ -335,6 +335,13 @@ class LabRun:
         else:
             self.event(time.time(), f"NOT as expected after {self.options.settle_timeout:g} s")
         result.ended = time.time()
+        # Requests still in flight belong to this step: the next action (stopping
+        # a server, say) must not cut them. Under load an answer can take
+        # hundreds of ms; the prober gives each request 1 s.
+        for _ in range(100):  # up to 5 s
+            if self.feed.all_done_before(result.ended):
+                break
+            await asyncio.sleep(0.05)
         held = self.sampler.at(result.ended)
         result.vip, result.dip = (held.vip, held.dip) if held else ((), ())
         result.leader = self.watch.at(result.ended)

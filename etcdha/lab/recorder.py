@@ -304,6 +304,7 @@ class Request:
     taken: float | None = None  # when it did
     detail: str = ""
     port: int = 0  # the client's
+    seq: int = -1  # the prober's request number, in the order sent
 
     @property
     def served(self) -> bool:
@@ -332,8 +333,18 @@ class ProberFeed:
                         str(r["outcome"]),
                         detail=str(r.get("detail", "")),
                         port=int(r.get("port", 0)),
+                        seq=int(r.get("seq", -1)),
                     )
                 )
+
+    def all_done_before(self, t: float) -> bool:
+        """Whether every request sent before `t` has an outcome: seen once some
+        request sent at or after `t` has one, and every request sent before it too."""
+        after = [r.seq for r in self.requests if r.sent >= t]
+        if not after:
+            return False
+        first = min(after)
+        return len({r.seq for r in self.requests if 0 <= r.seq < first}) == first
 
     async def stop(self) -> None:
         if self._task is not None:
