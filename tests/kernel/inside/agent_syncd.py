@@ -176,7 +176,11 @@ def test_each_director_runs_the_daemons_its_groups_need(rig: Watch) -> None:
         REACT,
         "a master and a backup sync daemon on each director again",
     )
-    assert watch.holders(s.vip) == ("node1",) and watch.holders(VIP2) == ("node2",)
+    watch.wait(
+        lambda: watch.holders(s.vip) == ("node1",) and watch.holders(VIP2) == ("node2",),
+        REACT,
+        "node1 to hold lvs1's VIP again and node2 lvs2's",
+    )
     assert held.ask() == "node2"
     held.close()
     # never two holders of either VIP
