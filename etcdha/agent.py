@@ -82,8 +82,9 @@ class Agent:
         self.ipvs: IPVSDuties | None = None
         self._kernel_checked = 0.0
         self._handed_over: dict[str, float] = {}  # group -> when we last handed it over
-        # Until the HA loop runs, members/<node> says "starting", not eligible: another
-        # node would hand a group over to us before we could campaign for it.
+        # Until the HA loop has run once, members/<node> says "starting", not eligible:
+        # another node would hand a group over to us before we could campaign for it
+        # (or while our loop is busy with its first look at every group).
         self._ready = False
 
     # -- start-up
@@ -240,9 +241,6 @@ class Agent:
                     f"({e.strerror}); choose another --listen"
                 ) from None
             self._install_signals()
-            self._ready = True
-            self.eligibility.changed.set()  # the eligibility task publishes it first thing
-            log.info("%s is ready: its member key now says whether it may lead", self.node)
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._lease_loop(), name="lease")
@@ -507,16 +505,19 @@ class Agent:
             tg.create_task(changed())
             tg.create_task(self.eligibility.run())
 
-    async def _put_member(self, force: bool = False) -> None:
+    async def _put_member(self, force: bool = False) -> bool:
+        """False if etcd did not take it."""
         value = json.dumps(self._member_data()).encode()
         if value == self._member_value and not force:
-            return
+            return True
         metrics.eligible.set(1 if self.eligibility.current().eligible else 0)
         try:
             await self.store.put(self.ks.member(self.node), value, lease=self.keeper.lease_id)
             self._member_value = value
         except EtcdError as e:
             log.warning("could not update %s: %s", self.ks.member(self.node), e)
+            return False
+        return True
 
     async def _audit_loop(self) -> None:
         while True:
@@ -557,6 +558,18 @@ class Agent:
                 self._schedule(0.2)
             self.last_pass = time.monotonic()
             metrics.ha_loop_last_run.set(time.time())
+            if not self._ready:
+                await self._publish_ready()
+
+    async def _publish_ready(self) -> None:
+        """After the HA loop's first pass: members/<node> stops saying "starting" and
+        says whether we may lead (tried again after the next pass if etcd did not
+        take it)."""
+        self._ready = True
+        if not await self._put_member():
+            self._ready = False
+            return
+        log.info("%s is ready: its member key now says whether it may lead", self.node)
 
     def _schedule(self, delay: float) -> None:
         at = time.monotonic() + delay
