@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from etcdha.election_rules import Action, ClusterView, Leader, Member, decide, m
 from etcdha.eligibility import Eligibility
 from etcdha.events import now_rfc3339
 from etcdha.failsafe import PROBE_LIMIT, Directors, Failsafe, PromiseRecord, TLSFiles
-from etcdha.fence import FenceClient, FenceError
+from etcdha.fence import FenceClient, FenceError, guard_paths
 from etcdha.fence_record import FenceRecord
 from etcdha.httpd import HTTPServer
 from etcdha.keyspace import Keyspace
@@ -67,6 +68,7 @@ class AgentOptions:
     tick: float = 1.0  # the HA loop runs at least this often
     peer_tls: TLSFiles | None = None  # for failsafe confirmations between directors
     checks_dir: Path | None = None  # external check scripts (default: see checker)
+    fence_guard: subprocess.Popen[bytes] | None = None  # started early (fence.start_guard)
 
 
 class Agent:
@@ -112,6 +114,10 @@ class Agent:
         self._refresh_due = asyncio.Event()  # a keepalive went through: refresh the record
         self._member_lock = asyncio.Lock()  # one write of members/<node> at a time
         self.history_file = opts.run_dir / f"etcd-{ks.cluster}.json"
+        # Until the HA loop has run once, members/<node> says "starting", not eligible:
+        # another node would hand a group over to us before we could campaign for it
+        # (or while our loop is busy with its first look at every group).
+        self._ready = False
 
     # -- start-up
 
@@ -160,7 +166,7 @@ class Agent:
         return Member(self.node, self.keeper.lease_id, v.eligible, v.why, v.ping_ok)
 
     def _member_data(self) -> dict[str, Any]:
-        v = self.eligibility.current() if hasattr(self, "eligibility") else None
+        v = self.eligibility.current() if self._ready else None
         return {
             "node": self.node,
             "host": socket.gethostname(),
@@ -219,8 +225,10 @@ class Agent:
             )
             revision = await self._wait_for_config(store, sync)
             spec = self._spec()
-            base = self.opts.run_dir / f"fence-{self.ks.cluster}-{self.node}"
-            self.fence = FenceClient(f"{base}.sock", agent=self.node, log_file=f"{base}.log")
+            sock, guard_log = guard_paths(self.opts.run_dir, self.ks.cluster, self.node)
+            self.fence = FenceClient(
+                sock, agent=self.node, log_file=guard_log, starting=self.opts.fence_guard
+            )
             await self.fence.connect()
             self._lease_timings = (
                 spec.election.lease_ttl,
@@ -759,10 +767,11 @@ class Agent:
             tg.create_task(changed())
             tg.create_task(self.eligibility.run())
 
-    async def _put_member(self, force: bool = False) -> None:
+    async def _put_member(self, force: bool = False) -> bool:
+        """False if etcd did not take it."""
         value = json.dumps(self._member_data()).encode()
         if value == self._member_value and not force:
-            return
+            return True
         metrics.eligible.set(1 if self.eligibility.current().eligible else 0)
         try:
             async with self._member_lock:
@@ -776,6 +785,8 @@ class Agent:
             self._supersede(str(e))
         except EtcdError as e:
             log.warning("could not update %s: %s", self.ks.member(self.node), e)
+            return False
+        return True
 
     async def _audit_loop(self) -> None:
         while True:
@@ -816,6 +827,18 @@ class Agent:
                 self._schedule(0.2)
             self.last_pass = time.monotonic()
             metrics.ha_loop_last_run.set(time.time())
+            if not self._ready:
+                await self._publish_ready()
+
+    async def _publish_ready(self) -> None:
+        """After the HA loop's first pass: members/<node> stops saying "starting" and
+        says whether we may lead (tried again after the next pass if etcd did not
+        take it)."""
+        self._ready = True
+        if not await self._put_member():
+            self._ready = False
+            return
+        log.info("%s is ready: its member key now says whether it may lead", self.node)
 
     def _schedule(self, delay: float) -> None:
         at = time.monotonic() + delay

@@ -6,8 +6,10 @@
 - The leader's table is the group's ``ipvs`` resource (started and stopped by
   the group's runner, its status written under the group's term).
 - Every group this node does not lead gets a standby copy: the same table kept
-  warm in this kernel (or none, when the config turns warm copies off) and the
-  backup sync daemon; the leader's resource runs the master.
+  warm in this kernel (or none, when the config turns warm copies off).
+- The connection sync daemons follow this node's groups as a whole: the master
+  while it leads any group with a sync daemon, the backup while any such group
+  is led elsewhere or vacant (:mod:`etcdha.ipvs.syncd`).
 - The kernel settings the services need are checked, set when the config says
   the agent manages them, and reported in members/<node>.
 """
@@ -26,7 +28,8 @@ from typing import Any
 from etcdha.ipvs.inputs import InputsMirror, inputs_from_kvs
 from etcdha.ipvs.model import ServiceKey
 from etcdha.ipvs.preflight import Finding, PreflightError, fix, preflight
-from etcdha.ipvs.reconcile import DEBOUNCE, Feed, IPVSTable, install, sync_interface, write_status
+from etcdha.ipvs.reconcile import DEBOUNCE, Feed, IPVSTable, install, write_status
+from etcdha.ipvs.syncd import SyncDaemons, daemon_roles
 from etcdha.ipvs.text import from_json
 from etcdha.keyspace import KeyKind, Keyspace
 from etcdha.resources import ResourceError
@@ -64,7 +67,8 @@ class IPVSDuties:
         self.mirror = InputsMirror(ks)
         self.dirty = asyncio.Event()
         self.revision = 0
-        self.standby: dict[str, tuple[tuple[IPVSResource, str | None], IPVSTable]] = {}
+        self.standby: dict[str, tuple[IPVSResource, IPVSTable]] = {}
+        self.daemons = SyncDaemons()
         self._failed: dict[str, float] = {}  # group -> when its standby copy last failed
         self._said: set[str] = set()
         self.kernel: list[Finding] = []
@@ -144,34 +148,30 @@ class IPVSDuties:
 
     async def follow_roles(self, spec: ClusterSpec, leading: dict[str, bool]) -> None:
         """A standby copy for every IPVS group this node does not lead, none for
-        those it leads (their resource has the table)."""
+        those it leads (their resource has the table); the sync daemons as the
+        node's groups need them."""
         node = next((n for n in spec.nodes if n.name == self.node), None)
-        wanted: dict[str, tuple[IPVSResource, str | None]] = {}
+        wanted: dict[str, IPVSResource] = {}
         if node is not None:
             for g in spec.groups:
                 settings = ipvs_settings(spec, g.name)
                 if settings is not None and not leading.get(g.name, False):
-                    wanted[g.name] = (settings, sync_interface(settings, node))
+                    wanted[g.name] = settings
         for group in list(self.standby):
             if self.standby[group][0] != wanted.get(group):
                 _, table = self.standby.pop(group)
-                # A group that moved here keeps its daemons for the leader's resource;
-                # one that left the config (or changed settings) stops its backup.
                 await table.stop()
-                if group not in leading or group not in wanted:
-                    await table.stop_sync_daemon()
-        for group, key in wanted.items():
+        # Before new standby copies, which may take a while to fill on a large table.
+        await self.daemons.follow(*daemon_roles(spec, self.node, leading))
+        for group, settings in wanted.items():
             if group in self.standby:
                 continue
             if time.monotonic() - self._failed.get(group, -RETRY_STANDBY) < RETRY_STANDBY:
                 continue
-            await self._start_standby(group, key)
+            await self._start_standby(group, settings)
 
-    async def _start_standby(self, group: str, key: tuple[IPVSResource, str | None]) -> None:
-        settings, interface = key
-        table = IPVSTable(
-            group, self.feed, settings=settings, sync_interface=interface, role="standby"
-        )
+    async def _start_standby(self, group: str, settings: IPVSResource) -> None:
+        table = IPVSTable(group, self.feed, settings=settings, role="standby")
         try:
             await table.start()
         except ResourceError as e:
@@ -186,7 +186,7 @@ class IPVSDuties:
             await table.stop()
             return
         self._failed.pop(group, None)
-        self.standby[group] = (key, table)
+        self.standby[group] = (settings, table)
         log.info("group %s: %s", group, table.describe())
 
     async def audit(self) -> None:
@@ -195,14 +195,18 @@ class IPVSDuties:
                 await table.audit()
             except ResourceError as e:
                 log.error("group %s: %s", table.group, e)
+        await self.daemons.audit()
 
     async def close(self, *, stop_daemons: bool) -> None:
+        """Standby copies stay in the kernel; the sync daemons go with `stop_daemons`
+        (a stop that hands over), else they stay as they are (a planned restart)."""
         for _, table in self.standby.values():
             with contextlib.suppress(ResourceError):
                 await table.stop()
-            if stop_daemons:
-                await table.stop_sync_daemon()
         self.standby.clear()
+        if stop_daemons:
+            await self.daemons.stop()
+        self.daemons.close()
 
     # -- kernel settings
 

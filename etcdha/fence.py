@@ -94,6 +94,8 @@ import json
 import logging
 import os
 import signal
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -101,7 +103,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
 
-from etcdha import clock, network
+# Not `network` here: it brings pyroute2, which only the guard needs (imported
+# when it starts), not the agent's client nor a caller starting a guard.
+from etcdha import clock
 
 log = logging.getLogger("etcdha.fence")
 
@@ -216,12 +220,15 @@ class FenceGuard:
 
     async def run(self, ready: asyncio.Future[None] | None = None) -> None:
         """Serve the socket until idle for ``idle_exit`` seconds or :meth:`stop`."""
+        from etcdha import network
+
         # one netlink round trip now, so that the first removal does not pay for warm-up
         await network.interfaces_present([], netns=self.netns)
         server = await asyncio.start_unix_server(
             self._serve, path=self.socket_path, limit=_MAX_LINE
         )
         os.chmod(self.socket_path, 0o600)
+        self._idle_since = clock.now()  # idle from now, not from before the imports
         log.info("fence guard (pid %d) listening on %s", os.getpid(), self.socket_path)
         if ready is not None and not ready.done():
             ready.set_result(None)
@@ -269,6 +276,8 @@ class FenceGuard:
                     await self._wake.wait()
 
     async def _remove(self, addresses: Sequence[Address]) -> dict[str, list[Address]]:
+        from etcdha import network  # loaded by run() already
+
         outcome: dict[str, list[Address]] = {"removed": [], "absent": [], "failed": []}
         try:
             # An address is the same address whatever its prefix length there.
@@ -379,6 +388,7 @@ class FenceGuard:
         conn = self._next_conn
         self._open.add(conn)
         name = "an agent"
+        spoke = False  # a bare connect (is a guard there?) is not worth a log line
         try:
             while True:
                 request: Any = None
@@ -391,6 +401,7 @@ class FenceGuard:
                     return
                 if not line:
                     return
+                spoke = True
                 try:
                     request = json.loads(line)
                     if not isinstance(request, dict):
@@ -413,7 +424,7 @@ class FenceGuard:
             self._clients -= 1
             self._open.discard(conn)
             self._idle_since = clock.now()
-            if self.groups:
+            if self.groups and spoke:
                 log.info(
                     "fence guard: %s disconnected; keeping %s armed",
                     name,
@@ -532,23 +543,14 @@ async def _serve_guard(guard: FenceGuard, notify_fd: int | None) -> None:
 # the client
 
 
-async def spawn_guard(
+def guard_argv(
     socket_path: str,
     *,
     idle_exit: float = DEFAULT_IDLE_EXIT,
     log_file: str | None = None,
     log_format: str = "text",
     python: str = sys.executable,
-    # Bounds the start-up: a Python start on a loaded machine (or a slow root file
-    # system) has been seen to take over 10 s; the agent holds nothing meanwhile.
-    timeout: float = 30.0,  # noqa: ASYNC109
-) -> int | None:
-    """Start a detached guard on ``socket_path``; its pid, or None if one already serves it.
-
-    The guard runs in a new session, reparented away from the caller, in the
-    caller's network namespace; its log goes to ``log_file`` or, by default,
-    to the caller's stderr.
-    """
+) -> list[str]:
     argv = [
         python,
         "-m",
@@ -563,28 +565,108 @@ async def spawn_guard(
     ]
     if log_file:
         argv += ["--log-file", log_file]
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
+    return argv
+
+
+def start_guard(
+    socket_path: str,
+    *,
+    idle_exit: float = DEFAULT_IDLE_EXIT,
+    log_file: str | None = None,
+    log_format: str = "text",
+    python: str = sys.executable,
+) -> subprocess.Popen[bytes]:
+    """Start a detached guard on ``socket_path`` without waiting for it: a caller
+    starts it early, goes on with its own start-up while the guard's Python
+    starts, and later hands the process to :func:`await_guard` (or to
+    :class:`FenceClient` as ``starting``).
+
+    The guard runs in a new session, reparented away from the caller, in the
+    caller's network namespace; its log goes to ``log_file`` or, by default,
+    to the caller's stderr."""
+    return subprocess.Popen(
+        guard_argv(
+            socket_path,
+            idle_exit=idle_exit,
+            log_file=log_file,
+            log_format=log_format,
+            python=python,
+        ),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         start_new_session=True,
+    )
+
+
+async def await_guard(
+    proc: subprocess.Popen[bytes],
+    socket_path: str,
+    # Bounds the start-up: a Python start on a loaded machine (or a slow root file
+    # system) has been seen to take over 10 s; the agent holds nothing meanwhile.
+    timeout: float = 30.0,  # noqa: ASYNC109
+) -> int | None:
+    """The pid of a guard :func:`start_guard` started, once it serves its socket;
+    None if another guard already served it. Raises FenceError if it failed."""
+    assert proc.stdout is not None
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), proc.stdout
     )
     try:
         async with asyncio.timeout(timeout):
-            out, _ = await proc.communicate()
+            # The detaching process prints one line and exits, which closes the pipe;
+            # its exit status follows at once.
+            out = await reader.read()
+            await asyncio.to_thread(proc.wait)
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
-        await proc.wait()
+        proc.wait()
         raise FenceError(
             f"the fence guard for {socket_path} did not start within {timeout:g}s"
         ) from None
+    finally:
+        transport.close()
     words = out.decode(errors="replace").split()
     if words[:1] == ["ready"] and len(words) > 1 and words[1].isdigit():
         return int(words[1])
     if words[:1] == ["busy"]:
         return None
     raise FenceError(f"the fence guard for {socket_path} failed to start (exit {proc.returncode})")
+
+
+async def spawn_guard(
+    socket_path: str,
+    *,
+    idle_exit: float = DEFAULT_IDLE_EXIT,
+    log_file: str | None = None,
+    log_format: str = "text",
+    python: str = sys.executable,
+    timeout: float = 30.0,  # noqa: ASYNC109
+) -> int | None:
+    """Start a detached guard on ``socket_path`` and wait until it serves it (see
+    :func:`start_guard`); its pid, or None if one already serves it."""
+    proc = start_guard(
+        socket_path, idle_exit=idle_exit, log_file=log_file, log_format=log_format, python=python
+    )
+    return await await_guard(proc, socket_path, timeout)
+
+
+def guard_paths(run_dir: str | os.PathLike[str], cluster: str, node: str) -> tuple[str, str]:
+    """The socket and the log file of an agent's guard under its run directory."""
+    base = os.path.join(os.fspath(run_dir), f"fence-{cluster}-{node}")
+    return f"{base}.sock", f"{base}.log"
+
+
+def guard_answers(socket_path: str) -> bool:
+    """Whether a guard listens on ``socket_path`` now (a plain connect, no request)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(socket_path)
+        except OSError:
+            return False
+    return True
 
 
 class FenceClient:
@@ -595,6 +677,9 @@ class FenceClient:
     re-arms every group this client has armed before sending itself. A
     :class:`FenceError` means the guard could not be reached: the caller's
     addresses are then not guarded.
+
+    ``starting``: a guard the caller started earlier with :func:`start_guard`;
+    the first connect waits for it instead of starting another.
     """
 
     def __init__(
@@ -606,8 +691,10 @@ class FenceClient:
         idle_exit: float = DEFAULT_IDLE_EXIT,
         log_file: str | None = None,
         timeout: float = 2.0,
+        starting: subprocess.Popen[bytes] | None = None,
     ) -> None:
         self.socket_path = os.fspath(socket_path)
+        self._starting = starting
         self.agent = agent
         self.spawn = spawn
         self.idle_exit = idle_exit
@@ -654,6 +741,12 @@ class FenceClient:
     async def _connect(self) -> None:
         if self.connected:
             return
+        starting, self._starting = self._starting, None
+        if starting is not None:
+            try:
+                await await_guard(starting, self.socket_path)
+            except FenceError as e:
+                log.warning("%s; starting another", e)
         if not await self._open():
             if not self.spawn:
                 raise FenceError(f"no fence guard answers on {self.socket_path}")
@@ -818,8 +911,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.close(notify_fd)
             with os.fdopen(read_fd) as pipe:
                 line = pipe.readline().strip()
-            print(line or "failed", flush=True)
-            return 0 if line.startswith(("ready", "busy")) else 1
+            with contextlib.suppress(BrokenPipeError):  # the caller may be gone
+                print(line or "failed", flush=True)
+            # At once: the caller waits for this process to end, and the interpreter's
+            # own teardown (modules, threads) takes a while on a slow machine.
+            os._exit(0 if line.startswith(("ready", "busy")) else 1)
         os.close(read_fd)
         os.setsid()
         devnull = os.open(os.devnull, os.O_RDWR)

@@ -179,6 +179,7 @@ async def claim(
     holder = result.responses[0].kvs[0] if result.responses and result.responses[0].kvs else None
     if result.succeeded or (holder is not None and holder.lease == keeper.lease_id):
         handoff.write(instance, keeper.lease_id)
+        log.info("member registered: %s under lease %x", key, keeper.lease_id)
         return
     with contextlib.suppress(Exception):
         await keeper.revoke()

@@ -234,8 +234,11 @@ class IPVSResource(Model):
     )
     sync_daemon: SyncDaemon | None = Field(
         None,
-        description="run the connection sync daemon: master on the leader, backup on "
-        "standbys, swapped on failover, so established connections survive it",
+        description="run the connection sync daemon, so established connections survive a "
+        "failover: a director runs the master while it leads any group that has one, and the "
+        "backup while any such group is led by another node (or by none), both at once when "
+        "it leads one group and stands by for another; every group's sync_daemon must name "
+        "the same interface and syncid, since the kernel runs one of each for all groups",
     )
     manage_sysctls: bool = Field(
         False,
@@ -634,6 +637,7 @@ class ClusterSpec(Model):
 
     def _check_groups(self, errors: list[tuple[str, str]]) -> None:
         owners: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, str] = {}
+        sync: tuple[str, SyncDaemon] | None = None  # the first group's sync daemon
         for gi, g in enumerate(self.groups):
             ipvs = 0
             for ri, r in enumerate(g.resources):
@@ -645,6 +649,22 @@ class ClusterSpec(Model):
                     owners.setdefault(ip, where)
                 elif isinstance(r, IPVSResource):
                     ipvs += 1
+                    if r.sync_daemon is None:
+                        continue
+                    if sync is None:
+                        sync = (f"{where}.sync_daemon", r.sync_daemon)
+                    elif r.sync_daemon != sync[1]:
+                        first = sync[1]
+                        errors.append(
+                            (
+                                f"{where}.sync_daemon",
+                                f"differs from {sync[0]} (interface {first.interface}, syncid "
+                                f"{first.syncid}): a director runs one master and one backup "
+                                "sync daemon for all its groups, so every group's sync_daemon "
+                                "names the same interface and syncid (a node's own name for "
+                                "the interface goes under its interfaces: sync)",
+                            )
+                        )
             if ipvs > 1:
                 errors.append((f"groups[{gi}].resources", "a group holds one ipvs resource"))
 

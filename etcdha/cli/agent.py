@@ -13,7 +13,6 @@ import typer
 
 from etcdha import procs
 from etcdha.cli.common import EXIT_CODES_HELP, Conn, Exit, err, fail, run_async, with_conn
-from etcdha.failsafe import TLSFiles
 from etcdha.store import EtcdUnavailable
 
 app = typer.Typer(
@@ -91,9 +90,8 @@ def start(
     upgrade; an agent started again on this host within the lease TTL reclaims
     the lease and its groups, so the VIP does not move.
     """
-    # The agent pulls in netlink and more; other commands need not pay for it.
-    from etcdha.agent import Agent, AgentOptions
-    from etcdha.membership import StartupError, Superseded
+    from etcdha.failsafe import TLSFiles
+    from etcdha.fence import guard_answers, guard_paths, start_guard
 
     name = node or socket.gethostname()
     host, _, port = listen.rpartition(":")
@@ -105,6 +103,17 @@ def start(
         peer_key or conn.settings.key,
     )
     tls = TLSFiles(*(Path(f) for f in files)) if all(files) else None  # type: ignore[arg-type]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # The fence guard is a Python process of its own: started now, its start-up
+    # overlaps the agent's (the imports below, etcd), unless one serves already
+    # (it outlives its agent: a restart finds it).
+    sock, guard_log = guard_paths(run_dir, conn.keyspace.cluster, name)
+    guard = None if guard_answers(sock) else start_guard(sock, log_file=guard_log)
+
+    # The agent pulls in netlink and more; other commands need not pay for it.
+    from etcdha.agent import Agent, AgentOptions
+    from etcdha.membership import StartupError, Superseded
+
     opts = AgentOptions(
         node=name,
         listen_host=host.strip("[]"),
@@ -112,8 +121,8 @@ def start(
         run_dir=run_dir,
         peer_tls=tls,
         checks_dir=checks_dir,
+        fence_guard=guard,
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
     pid_file = _pid_file(run_dir, conn.keyspace.cluster, name)
     agent = Agent(conn.settings, conn.keyspace, opts)
     pid_file.write_text(f"{os.getpid()}\n")

@@ -11,11 +11,12 @@ from typing import Annotated
 
 import typer
 
-from etcdha.checker import CheckerNameInUse, default_checks_dir, loop_factory
-from etcdha.checker_worker import raise_fd_limit, run_standalone
 from etcdha.cli.common import EXIT_CODES_HELP, Conn, Exit, fail, with_conn
 from etcdha.keyspace import is_valid_name
 from etcdha.store import EtcdError, EtcdUnavailable
+
+# The checker (its probes, netlink for ping) is imported by the command that
+# runs it: every other command starts faster without it.
 
 app = typer.Typer(
     help="Run a checker-only worker: it probes the real servers of the stored config and "
@@ -31,6 +32,8 @@ async def _main(conn: Conn, name: str, checks_dir: Path, listen: tuple[str, int]
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
+    from etcdha.checker_worker import run_standalone
+
     with contextlib.suppress(asyncio.CancelledError):
         await run_standalone(
             conn.settings, conn.keyspace, name, checks_dir=checks_dir, listen=listen
@@ -75,6 +78,9 @@ def start(
     It runs on uvloop's event loop when uvloop is installed (ETCDHA_UVLOOP=0:
     the standard loop).
     """
+    from etcdha.checker import CheckerNameInUse, default_checks_dir, loop_factory
+    from etcdha.checker_worker import raise_fd_limit
+
     checker = name or socket.gethostname().split(".")[0]
     if not is_valid_name(checker):
         fail(f"--name: {checker!r} is not a valid checker name", Exit.USAGE)

@@ -17,7 +17,6 @@ from etcdha.configdb import (
     json_value,
     read_config,
 )
-from etcdha.legacy import DEFAULT_CHECKS_DIR, ImportRefused, import_legacy
 from etcdha.spec import ClusterSpec
 from etcdha.spec_load import Loaded, SpecInvalid, load_file, to_yaml
 from etcdha.store import Store
@@ -76,9 +75,13 @@ def import_(
         typer.Option("-o", "--output", help="Write the spec YAML here instead of stdout."),
     ] = None,
     checks_dir: Annotated[
-        Path,
-        typer.Option(help="Where external check scripts must live (ldirectord checkcommand)."),
-    ] = DEFAULT_CHECKS_DIR,
+        Path | None,
+        typer.Option(
+            help="Where external check scripts must live (ldirectord checkcommand) "
+            "[default: /usr/lib/etcdha/checks].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Translate Heartbeat v1 (ha.cf, haresources) and ldirectord.cf files into a spec.
 
@@ -88,8 +91,13 @@ def import_(
     """
     if ldirectord is None and haresources is None and ha_cf is None:
         fail("give at least one of --ha-cf, --haresources, --ldirectord", Exit.USAGE)
+    # The importers are loaded by this command only.
+    from etcdha.legacy import DEFAULT_CHECKS_DIR, ImportRefused, import_legacy
+
     try:
-        result = import_legacy(ha_cf, haresources, ldirectord, checks_dir=checks_dir)
+        result = import_legacy(
+            ha_cf, haresources, ldirectord, checks_dir=checks_dir or DEFAULT_CHECKS_DIR
+        )
     except ImportRefused as e:
         for problem in e.problems:
             err(f"error: {problem}")

@@ -1,7 +1,7 @@
 """The reconciler's inputs from etcd keys: config, health verdicts, drains.
 
 :func:`inputs_from_kvs` turns the keys under ``<prefix>/<cluster>/`` (one
-range read, or a watched view of them) into :class:`~etcdha.ipvs.reconcile.Inputs`:
+range read, or a watched view of them) into :class:`Inputs`:
 
 - the spec from the ``config`` key (its mod revision is the config revision);
 - one verdict per real from the ``health/`` keys under each service's health
@@ -19,15 +19,27 @@ each change without reading etcd again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from etcdha.configdb import parse_stored
 from etcdha.health import DOWN, UP, health_report
-from etcdha.ipvs.reconcile import Inputs
 from etcdha.keyspace import KeyKind, Keyspace
 from etcdha.spec import ClusterSpec
 from etcdha.store import EventType, KeyValue, WatchEvent
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a group's IPVS table follows from (the reconciler's Feed holds one)."""
+
+    spec: ClusterSpec | None = None
+    config_revision: int = 0
+    verdicts: Mapping[tuple[str, str], bool] = field(default_factory=dict)
+    health_revision: int = 0
+    drains: frozenset[tuple[str, str]] = frozenset()
+    drain_revision: int = 0
+    weights: Mapping[tuple[str, str], int] = field(default_factory=dict)  # dynamic ones
 
 
 @dataclass

@@ -43,9 +43,9 @@ from etcdha import metrics, resources
 from etcdha.events import now_rfc3339
 from etcdha.ipvs.desired import Plan, compiled_reals, named_services, plan
 from etcdha.ipvs.diff import Op, OpKind, apply_ops, diff
+from etcdha.ipvs.inputs import Inputs
 from etcdha.ipvs.model import ServiceKey, Table
 from etcdha.ipvs.netlink import IPVSError, NetlinkBackend, OpError
-from etcdha.ipvs.syncd import ensure_sync_daemon, stop_sync_daemon
 from etcdha.ipvs.text import to_ipvsadm, to_json
 from etcdha.keyspace import Keyspace
 from etcdha.resources import HeldAddress, ResourceError
@@ -63,17 +63,6 @@ MIN_RESYNC = 1.0  # seconds between audit resyncs, at least
 RESYNC_FACTOR = 20  # ... and at least this many times the last reconcile's duration
 STATUS_TABLE_LIMIT = 512 * 1024  # bytes of JSON: larger tables go to status as a digest
 LOG_OPS = 20  # more changes than this are logged as a summary
-
-
-@dataclass(frozen=True)
-class Inputs:
-    spec: ClusterSpec | None = None
-    config_revision: int = 0
-    verdicts: Mapping[tuple[str, str], bool] = field(default_factory=dict)
-    health_revision: int = 0
-    drains: frozenset[tuple[str, str]] = frozenset()
-    drain_revision: int = 0
-    weights: Mapping[tuple[str, str], int] = field(default_factory=dict)  # dynamic ones
 
 
 class Feed:
@@ -314,8 +303,9 @@ async def write_status(
 
 class IPVSTable:
     """A group's `ipvs` resource (role "leader"), or a standby's copy of it
-    (role "standby": no status, the backup sync daemon, and no table at all
-    when the config turns the warm copy off)."""
+    (role "standby": no status, and no table at all when the config turns the
+    warm copy off). The sync daemons are the node's, not a group's: see
+    :mod:`etcdha.ipvs.syncd`."""
 
     def __init__(
         self,
@@ -323,7 +313,6 @@ class IPVSTable:
         feed: Feed,
         *,
         settings: IPVSResource | None = None,
-        sync_interface: str | None = None,
         role: str = "leader",
         on_applied: AppliedHook | None = None,
         backend_factory: Callable[[], Backend] = NetlinkBackend,
@@ -331,8 +320,6 @@ class IPVSTable:
         self.group = group
         self.feed = feed
         self.settings = settings if settings is not None else IPVSResource()
-        daemon = self.settings.sync_daemon
-        self.sync_interface = sync_interface or (daemon.interface if daemon else None)
         self.role = role
         self.on_applied = on_applied
         self.backend_factory = backend_factory
@@ -452,46 +439,6 @@ class IPVSTable:
         await self.sync("start")
         self._event = self.feed.listen()
         self._task = asyncio.create_task(self._follow(), name=f"ipvs {self.group} {self.role}")
-        await self._sync_daemon_role()
-
-    async def _sync_daemon_role(self) -> None:
-        """The leader runs the master sync daemon, a standby the backup one; the
-        other one stops first (a director that just changed role may run it)."""
-        daemon = self.settings.sync_daemon
-        if daemon is None or self.sync_interface is None:
-            return
-        mine, other = ("master", "backup") if self.role == "leader" else ("backup", "master")
-        try:
-            backend = await self._backend()
-            await stop_sync_daemon(other, backend)
-            if await ensure_sync_daemon(mine, self.sync_interface, daemon.syncid, backend=backend):
-                log.info(
-                    "group %s: IPVS connection sync daemon runs as %s on %s (syncid %d)",
-                    self.group,
-                    mine,
-                    self.sync_interface,
-                    daemon.syncid,
-                )
-        except (IPVSError, OSError, ResourceError) as e:
-            # Connections would not survive a takeover; the service itself still works.
-            metrics.ipvs_reconcile_errors.labels(self.group, "sync-daemon").inc()
-            log.error(
-                "group %s: cannot run the IPVS sync daemon as %s on %s: %s",
-                self.group,
-                mine,
-                self.sync_interface,
-                e,
-            )
-
-    async def stop_sync_daemon(self) -> None:
-        """Stop this role's sync daemon (the group is gone, or the agent is leaving)."""
-        if self.settings.sync_daemon is None or self.backend is None:
-            return
-        state = "master" if self.role == "leader" else "backup"
-        try:
-            await stop_sync_daemon(state, self.backend)
-        except (IPVSError, OSError) as e:
-            log.warning("group %s: cannot stop the %s sync daemon: %s", self.group, state, e)
 
     async def _follow(self) -> None:
         assert self._event is not None
@@ -526,21 +473,9 @@ class IPVSTable:
         if spec is not None and not named_services(spec, self.group):
             # The config gives this group no service any more: take ours away.
             await self.sync("stop")
-        if self.role == "leader":
-            # Whoever leads next runs the master; this director's standby copy
-            # starts the backup.
-            await self.stop_sync_daemon()
         if self.backend is not None:
             self.backend.close()
             self.backend = None
-
-
-def sync_interface(settings: IPVSResource, node: Node) -> str | None:
-    """The sync daemon's interface on this node: its own name under `sync` in the
-    node's interfaces, else the resource's."""
-    if settings.sync_daemon is None:
-        return None
-    return node.interfaces.get("sync", settings.sync_daemon.interface)
 
 
 def install(
@@ -558,7 +493,6 @@ def install(
             group,
             feed,
             settings=settings,
-            sync_interface=sync_interface(settings, node),
             on_applied=on_applied,
             backend_factory=backend_factory,
         )

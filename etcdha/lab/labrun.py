@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import os
 import platform
@@ -26,7 +25,14 @@ from pathlib import Path
 
 from etcdha.lab.capture import SynCapture
 from etcdha.lab.directors import DirectorLab, etcdha_argv
-from etcdha.lab.recorder import HoldSampler, LeaderWatch, ProberFeed, Request, attribute
+from etcdha.lab.recorder import (
+    HoldSampler,
+    LeaderWatch,
+    MemberWatch,
+    ProberFeed,
+    Request,
+    attribute,
+)
 from etcdha.lab.scenario import (
     Step,
     StepResult,
@@ -48,7 +54,8 @@ SETTLED_RUN = 30  # consecutive requests with the expected outcome: the step has
 class LabOptions:
     deadtime: int = 3
     dwell: float = 1.5  # how long each settled step is watched
-    settle_timeout: float = 30.0
+    settle_timeout: float = 30.0  # from the action (or the restarted agent's start) on
+    start_timeout: float = 120.0  # for an agent's start, up to its member key saying ready
     interval: float = 0.01
     fail_fast: bool = False  # stop at the first step that is not as expected
 
@@ -98,6 +105,7 @@ class LabRun:
         self.servers: dict[str, WebServer] = {}
         self.sampler: HoldSampler | None = None
         self.watch: LeaderWatch | None = None
+        self.members: MemberWatch | None = None
         self.feed: ProberFeed | None = None
         self.killed: str | None = None
         self.macs: dict[str, str] = {}
@@ -182,6 +190,10 @@ class LabRun:
             seed.ns("etcd"), lab.endpoints, f"/etcdha/{lab.cluster}/leader/", lab.tls_args()
         )
         await self.watch.start()
+        self.members = MemberWatch(
+            seed.ns("etcd"), lab.endpoints, f"/etcdha/{lab.cluster}/members/", lab.tls_args()
+        )
+        await self.members.start()
         # IPVS keeps a connection entry per client port; a half-open one (a SYN of
         # the handover window whose answer went astray) outlives the handover, and
         # a new SYN reusing its port goes to that entry's real server even at
@@ -237,37 +249,52 @@ class LabRun:
                 raise RuntimeError("no leader to kill")
             await asyncio.to_thread(lab.kill_agent, self.killed)
         elif step.key == "restart":
-            await asyncio.to_thread(lab.start_agent, self.killed or "node1")
+            node = self.killed or "node1"
+            await asyncio.to_thread(lab.start_agent, node)
+            # The agent's start (a Python start in a slow guest) is not the
+            # failback: the settle timeout counts from when it says it is ready.
+            took = await self.agent_ready(node)
+            self.event(time.time(), f"{node}'s agent is up and eligible after {took:.1f} s")
 
     async def start_agents(self) -> None:
         """The preferred node first, as an operator starting Heartbeat would, then the
-        other once the first leads; both before the client starts, so that a slow
+        other once the first is ready; both before the client starts, so that a slow
         machine (user-mode-linux has one CPU) starts them unhurried."""
         lab = self.lab
-        assert lab is not None and self.watch is not None
+        assert lab is not None
         for node in lab.seed.nodes:
             self.say(f"$ etcdha agent start --node {node} --endpoints {lab.endpoints}")
-            t = time.monotonic()
             await asyncio.to_thread(lab.start_agent, node)
-            deadline = t + self.options.settle_timeout * 2
-            while time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-                if not lab.agents[node].process.alive():
-                    break
-                if await asyncio.to_thread(self._members_eligible) > lab.seed.nodes.index(node):
-                    break
-            if not lab.agents[node].process.alive():
+            took = await self.agent_ready(node)
+            self.say(f"  {node}'s agent is up and eligible after {took:.1f} s")
+
+    async def agent_ready(self, node: str) -> float:
+        """Wait until the agent just started on `node` says, in its member key, that
+        it is ready and eligible; how long that took. Raises if it exits or takes
+        longer than the start timeout."""
+        lab = self.lab
+        assert lab is not None and self.members is not None
+        agent = lab.agents[node]
+        t = time.monotonic()
+        deadline = t + self.options.start_timeout
+        while time.monotonic() < deadline:
+            if await self.members.wait_ready(node, agent.process.pid, 1.0) is not None:
+                return time.monotonic() - t
+            if not agent.process.alive():
                 self.agent_logs()
                 raise RuntimeError(f"the agent of {node} exited while starting")
-            self.say(f"  {node}'s agent is up and eligible after {time.monotonic() - t:.1f} s")
-
-    def _members_eligible(self) -> int:
-        assert self.lab is not None
-        out = self.lab.etcdctl(
-            "get", "--prefix", "--print-value-only", f"/etcdha/{self.lab.cluster}/members/"
+        self.agent_logs()
+        raise RuntimeError(
+            f"the agent of {node} did not say it is ready within {self.options.start_timeout:g} s"
         )
-        values = [json.loads(line) for line in out.splitlines() if line.strip()]
-        return len([v for v in values if v.get("eligible")])
+
+    def _all_ready(self) -> bool:
+        assert self.lab is not None and self.members is not None
+        for node in self.lab.seed.nodes:
+            state = self.members.now(node)
+            if state is None or not (state.ready and state.eligible):
+                return False
+        return True
 
     async def settle(self, step: Step, started: float) -> float | None:
         """Wait until the step's expectation holds (holders, leader, the client's
@@ -276,7 +303,6 @@ class LabRun:
         want = (step.holder,)
         needs_members = step.key in ("both-up", "restart")
         deadline = time.monotonic() + self.options.settle_timeout
-        next_members = 0.0
         while time.monotonic() < deadline:
             await asyncio.sleep(0.05)
             held = self.sampler.changes[-1] if self.sampler.changes else None
@@ -289,12 +315,8 @@ class LabRun:
             tail = recent[-SETTLED_RUN:]
             if len(tail) < SETTLED_RUN or not matches(step.client, tail):
                 continue
-            if needs_members:
-                if time.monotonic() < next_members:
-                    continue
-                next_members = time.monotonic() + 0.5
-                if await asyncio.to_thread(self._members_eligible) < len(self.lab.seed.nodes):
-                    continue
+            if needs_members and not self._all_ready():
+                continue
             return time.time()
         return None
 
@@ -313,6 +335,13 @@ class LabRun:
         else:
             self.event(time.time(), f"NOT as expected after {self.options.settle_timeout:g} s")
         result.ended = time.time()
+        # Requests still in flight belong to this step: the next action (stopping
+        # a server, say) must not cut them. Under load an answer can take
+        # hundreds of ms; the prober gives each request 1 s.
+        for _ in range(100):  # up to 5 s
+            if self.feed.all_done_before(result.ended):
+                break
+            await asyncio.sleep(0.05)
         held = self.sampler.at(result.ended)
         result.vip, result.dip = (held.vip, held.dip) if held else ((), ())
         result.leader = self.watch.at(result.ended)
@@ -330,8 +359,8 @@ class LabRun:
     # -- the live timeline
 
     async def monitor(self) -> None:
-        assert self.sampler and self.watch and self.feed
-        seen_holdings = seen_leaders = 0
+        assert self.sampler and self.watch and self.feed and self.members
+        seen_holdings = seen_leaders = seen_members = 0
         client_state = ""
         while True:
             await asyncio.sleep(0.025)
@@ -344,6 +373,10 @@ class LabRun:
             for c in self.watch.changes[seen_leaders:]:
                 batch.append((c.t, f"leader in etcd: {c.leader or '-'}"))
             seen_leaders = len(self.watch.changes)
+            for m in self.members.changes[seen_members:]:
+                if m.t >= self.record.t0:
+                    batch.append((m.t, f"{m.node}'s agent: {m.describe()}"))
+            seen_members = len(self.members.changes)
             recent = self.feed.requests[-10:]
             if recent:
                 state = " ".join(sorted({r.outcome for r in recent}))
@@ -406,6 +439,8 @@ class LabRun:
         if self.sampler is not None:
             await self.sampler.stop()
             rec.holdings = [(h.t, h.vip, h.dip) for h in self.sampler.changes]
+        if self.members is not None:
+            await self.members.stop()
         if self.watch is not None:
             await self.watch.stop()
             rec.leaders = [(c.t, c.leader) for c in self.watch.changes]

@@ -8,12 +8,14 @@ SYN must not hold the next requests back) and gets ``--timeout`` to finish.
 Each outcome is one JSON line on stdout::
 
     {"sent": 1700000000.123, "done": 1700000000.125, "outcome": "rs1",
-     "detail": "", "port": 40312}
+     "detail": "", "port": 40312, "seq": 17}
 
 ``outcome`` is the real server named by the index page (``rs1``, ``rs2``),
 ``fallback`` (the director's "Sorry" page; ``detail`` names the director), or
 ``refused``, ``reset``, ``timeout``, ``error``. ``port`` is the client's port,
 by which :mod:`etcdha.lab.capture` tells which director took the connection.
+``seq`` numbers the requests in the order they were sent (from 0), so a
+reader can tell which are still in flight.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def classify(body: bytes) -> tuple[str, str]:
     return "error", text[:60]
 
 
-async def probe_once(vip: str, port: int, limit: float) -> dict[str, object]:
+async def probe_once(vip: str, port: int, limit: float, seq: int = 0) -> dict[str, object]:
     sent = time.time()
     outcome, detail, local = "error", "", 0
     writer: asyncio.StreamWriter | None = None
@@ -72,6 +74,7 @@ async def probe_once(vip: str, port: int, limit: float) -> dict[str, object]:
         "outcome": outcome,
         "detail": detail,
         "port": local,
+        "seq": seq,
     }
     return record
 
@@ -83,15 +86,15 @@ async def run(vip: str, port: int, interval: float, limit: float, count_max: int
         loop.add_signal_handler(sig, stop.set)
     in_flight: set[asyncio.Task[None]] = set()
 
-    async def one() -> None:
-        record = await probe_once(vip, port, limit)
+    async def one(seq: int) -> None:
+        record = await probe_once(vip, port, limit, seq)
         sys.stdout.write(json.dumps(record) + "\n")
         sys.stdout.flush()
 
     start = loop.time()
     count = 0
     while not stop.is_set() and (count_max == 0 or count < count_max):
-        task = asyncio.create_task(one())
+        task = asyncio.create_task(one(count))
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
         count += 1

@@ -5,6 +5,9 @@
 * :class:`LeaderWatch`: the group's leader key in etcd, through `etcdctl
   watch`; a leadership starts at the ``since`` its leader wrote, and ends when
   the deletion (or lease expiry) reaches the watch.
+* :class:`MemberWatch`: the directors' member keys (an agent's is "starting"
+  until it can campaign, then says whether it may lead), through `etcdctl
+  watch`, so the lab waits for an agent's start as an event.
 * :class:`ProberFeed`: the client prober's outcomes (see :mod:`etcdha.lab.prober`),
   read from its stdout; :func:`attribute` adds which director took each one.
 """
@@ -187,6 +190,112 @@ class LeaderWatch:
 
 
 @dataclass(frozen=True)
+class MemberState:
+    t: float  # when the watch delivered it
+    node: str
+    pid: int | None  # None: the key is gone (lease revoked or expired)
+    eligible: bool = False
+    why: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        """The agent runs its HA loop (its start-up is over), eligible or not."""
+        return self.pid is not None and self.why != "starting"
+
+    def describe(self) -> str:
+        if self.pid is None:
+            return "gone (its lease ended)"
+        if self.why == "starting":
+            return f"registered (pid {self.pid}), starting"
+        return "ready, eligible" if self.eligible else f"ready, not eligible: {self.why}"
+
+
+@dataclass
+class MemberWatch:
+    """The member keys under ``prefix`` (members/), as `etcdctl watch` in namespace
+    ``ns`` reports them; ``changed`` is set on every change."""
+
+    ns: str
+    endpoints: str
+    prefix: str
+    tls_args: list[str] = field(default_factory=list)
+    changes: list[MemberState] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _proc: asyncio.subprocess.Process | None = None
+    _task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        argv = ["etcdctl", "--endpoints", self.endpoints, *self.tls_args]
+        argv += ["watch", "--prefix", self.prefix, "-w", "json"]
+        self._proc = await asyncio.create_subprocess_exec(
+            *netns_exec_argv(self.ns, argv),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env={"ETCDCTL_API": "3", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            start_new_session=True,
+        )
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        while line := await self._proc.stdout.readline():
+            seen = time.time()
+            with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+                for event in json.loads(line).get("Events") or []:
+                    kv = event["kv"]
+                    node = base64.b64decode(kv["key"]).decode().rsplit("/", 1)[-1]
+                    if event.get("type") == 1:
+                        state = MemberState(seen, node, None)
+                    else:
+                        value = json.loads(base64.b64decode(kv.get("value", "")))
+                        state = MemberState(
+                            seen,
+                            node,
+                            int(value["pid"]),
+                            value.get("eligible") is True,
+                            value.get("why"),
+                        )
+                    before = self.now(node)
+                    if before is None or (before.pid, before.eligible, before.why) != (
+                        state.pid,
+                        state.eligible,
+                        state.why,
+                    ):
+                        self.changes.append(state)
+                        self.changed.set()
+
+    def now(self, node: str) -> MemberState | None:
+        return next((c for c in reversed(self.changes) if c.node == node), None)
+
+    async def wait_ready(self, node: str, pid: int, timeout: float) -> MemberState | None:  # noqa: ASYNC109
+        """The state of `node`'s member key once the agent `pid` says it is ready
+        and eligible; None after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.now(node)
+            if state is not None and state.pid == pid and state.ready and state.eligible:
+                return state
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, 1.0)):
+                    await self.changed.wait()
+
+    async def stop(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            await self._proc.wait()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+@dataclass(frozen=True)
 class Request:
     sent: float
     done: float
@@ -195,6 +304,7 @@ class Request:
     taken: float | None = None  # when it did
     detail: str = ""
     port: int = 0  # the client's
+    seq: int = -1  # the prober's request number, in the order sent
 
     @property
     def served(self) -> bool:
@@ -223,8 +333,18 @@ class ProberFeed:
                         str(r["outcome"]),
                         detail=str(r.get("detail", "")),
                         port=int(r.get("port", 0)),
+                        seq=int(r.get("seq", -1)),
                     )
                 )
+
+    def all_done_before(self, t: float) -> bool:
+        """Whether every request sent before `t` has an outcome: seen once some
+        request sent at or after `t` has one, and every request sent before it too."""
+        after = [r.seq for r in self.requests if r.sent >= t]
+        if not after:
+            return False
+        first = min(after)
+        return len({r.seq for r in self.requests if 0 <= r.seq < first}) == first
 
     async def stop(self) -> None:
         if self._task is not None:

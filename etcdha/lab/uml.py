@@ -34,6 +34,7 @@ Every exit path stops the UML process group and removes the run directory.
 from __future__ import annotations
 
 import codecs
+import compileall
 import contextlib
 import os
 import shlex
@@ -105,6 +106,20 @@ def unavailable() -> str | None:
     if not Path("/dev/shm").is_dir():
         return "/dev/shm is missing (user-mode-linux keeps its memory there)"
     return None
+
+
+def compile_package() -> None:
+    """Byte-compile etcdha's modules here, before the boot, where Python would
+    cache them anyway (``__pycache__`` beside each module; skipped where the tree
+    is not writable, and for modules already compiled).
+
+    The guest's root is read-only, so a module without an up-to-date .pyc is
+    compiled again by every Python process in the guest, on its one slow CPU:
+    where nothing ever wrote them (PYTHONDONTWRITEBYTECODE=1, as many CI
+    images set, or a fresh clone whose tests start in the guest), that was
+    about 3 s of an agent's start (see docs/ipvs.md, "Start-up in the guest")."""
+    with contextlib.suppress(OSError):
+        compileall.compile_dir(PROJECT_ROOT / "etcdha", quiet=2)
 
 
 def _tmp_setup(paths: Sequence[str]) -> str:
@@ -196,6 +211,7 @@ def run_in_uml(
     reason = unavailable()
     if reason:
         raise UmlError(reason)
+    compile_package()
     rundir = Path(tempfile.mkdtemp(prefix="etcdha-uml-"))
     proc: subprocess.Popen[bytes] | None = None
     start = time.monotonic()

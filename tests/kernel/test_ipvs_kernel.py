@@ -23,3 +23,8 @@ def test_traffic_through_the_vip_in_namespaces() -> None:
 def test_agents_drive_the_ipvs_table_and_the_sync_daemon() -> None:
     result = run_inside("agent_ipvs.py", args=["-s"], timeout=300)
     print(result.output)
+
+
+def test_sync_daemon_roles_follow_each_nodes_groups() -> None:
+    result = run_inside("agent_syncd.py", args=["-s"], timeout=300)
+    print(result.output)

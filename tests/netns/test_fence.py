@@ -341,3 +341,35 @@ async def test_an_address_put_back_after_the_deadline_by_a_connected_agent_goes_
         assert await present(fenced.ns) == {"192.0.2.200"}
     finally:
         await client.aclose()
+
+
+async def test_a_guard_started_early_is_the_one_the_client_connects_to(tmp_path: Path) -> None:
+    """`etcdha agent start` starts the guard before its own imports (start_guard)
+    and hands the process to its client, which waits for it instead of starting
+    another; a second guard on the same socket says busy and leaves."""
+    from etcdha.fence import await_guard, guard_answers, guard_paths, start_guard
+
+    sock, log = guard_paths(tmp_path, "default", "node1")
+    assert not guard_answers(sock)
+    proc = start_guard(sock, idle_exit=2.0, log_file=log)
+    client = FenceClient(sock, agent="pytest", starting=proc, spawn=False)
+    try:
+        await client.connect()
+        assert proc.returncode == 0, "the detaching process was waited for"
+        status = await client.status()
+        assert status["pid"] == client.guard_pid and pid_alive(status["pid"])
+        await client.arm("web", clock.now() + 60, [])
+        assert guard_answers(sock)
+        second = start_guard(sock, idle_exit=2.0, log_file=log)
+        assert await await_guard(second, sock) is None
+        assert (await client.status())["pid"] == client.guard_pid
+        await client.disarm("web")
+    finally:
+        await client.aclose()
+    for _ in range(100):  # no client, no group: it leaves after idle_exit
+        if not pid_alive(status["pid"]):
+            break
+        await asyncio.sleep(0.05)
+    assert not pid_alive(status["pid"])
+    # a bare connect (is a guard there?) while a group was armed is not logged
+    assert "an agent disconnected" not in read_log(log)

@@ -424,3 +424,39 @@ def test_a_scheduler_flag_the_scheduler_lacks_is_left_out() -> None:
     )
     (entry,) = list(desired(spec, None))
     assert entry.service.flags == F_SCHED2
+
+
+def test_sync_daemon_roles_are_the_nodes_not_a_groups() -> None:
+    from etcdha.ipvs.syncd import daemon_roles
+
+    spec = load_text(
+        textwrap.dedent(
+            """\
+            nodes:
+              - node1
+              - {name: node2, interfaces: {sync: bond1}}
+            groups:
+              - name: a
+                node: node1
+                resources: [{type: ipvs, sync_daemon: {interface: eth1, syncid: 7}}]
+              - name: b
+                node: node2
+                resources: [{type: ipvs, sync_daemon: {interface: eth1, syncid: 7}}]
+              - name: c
+                node: node2
+                resources: [ipvs]
+            """
+        ),
+        "c.yaml",
+    ).spec
+    # leads a, stands by for b: both daemons (c has none and counts for neither)
+    roles, why = daemon_roles(spec, "node1", {"a": True, "b": False, "c": True})
+    assert roles == {"master": ("eth1", 7), "backup": ("eth1", 7)}
+    assert why == {"master": ["a"], "backup": ["b"]}
+    # leads every group with a daemon: the master only; a node's own interface name
+    roles, _ = daemon_roles(spec, "node2", {"a": True, "b": True})
+    assert roles == {"master": ("bond1", 7), "backup": None}
+    # leads nothing (vacant groups count as led elsewhere): the backup only
+    assert daemon_roles(spec, "node1", {})[0] == {"master": None, "backup": ("eth1", 7)}
+    # not one of the config's nodes: none
+    assert daemon_roles(spec, "node9", {"a": True})[0] == {"master": None, "backup": None}

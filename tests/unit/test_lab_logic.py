@@ -135,3 +135,23 @@ def test_chart_draws_lanes_steps_and_gaps() -> None:
     fills = [r.get("fill") for r in root.iter("{http://www.w3.org/2000/svg}rect")]
     assert "#d62728" in fills and "#2ca02c" in fills and "#ff7f0e" in fills
     assert fills.count("#f2c94c") == 2  # the second step settling, and its legend
+
+
+def test_the_feed_knows_when_every_request_sent_before_a_moment_has_ended() -> None:
+    import asyncio
+
+    from etcdha.lab.recorder import ProberFeed
+
+    feed = ProberFeed(asyncio.StreamReader())
+    answer = [  # (seq, sent, done): seq 1 is slow, its answer comes last
+        (0, 10.00, 10.01),
+        (2, 10.02, 10.03),
+        (3, 10.03, 10.04),
+        (1, 10.01, 10.50),
+    ]
+    seen = []
+    for seq, sent, done in answer:
+        feed.requests.append(Request(sent, done, "rs1", seq=seq))
+        seen.append(feed.all_done_before(10.025))
+    # nothing sent at or after the moment had ended yet, then seq 1 was missing
+    assert seen == [False, False, False, True]

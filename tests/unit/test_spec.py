@@ -182,3 +182,38 @@ def test_json_schema_lists_fields() -> None:
     text = json.dumps(schema)
     for field in ("lease_ttl", "virtual_services", "failure_count", "fallback", "quiescent"):
         assert field in text
+
+
+def test_every_groups_sync_daemon_names_the_same_interface_and_syncid() -> None:
+    two = textwrap.dedent(
+        """\
+        nodes: [node1, node2]
+        groups:
+          - name: a
+            node: node1
+            resources:
+              - {address: 192.0.2.200/24}
+              - {type: ipvs, sync_daemon: {interface: eth1, syncid: 7}}
+          - name: b
+            node: node2
+            resources:
+              - {address: 192.0.2.201/24}
+              - {type: ipvs, sync_daemon: {interface: eth1, syncid: 7}}
+          - name: c
+            node: node2
+            resources:
+              - {address: 192.0.2.202/24}
+              - {type: ipvs}
+        """
+    )
+    assert len(load(two).groups) == 3
+    b = "{interface: eth1, syncid: 7}}\n  - name: c"
+    found = problems(two.replace(b, "{interface: eth1, syncid: 8}}\n  - name: c"))
+    assert found == [
+        "cluster.yaml:12: groups[1].resources[1].sync_daemon: differs from "
+        "groups[0].resources[1].sync_daemon (interface eth1, syncid 7): a director runs one "
+        "master and one backup sync daemon for all its groups, so every group's sync_daemon "
+        "names the same interface and syncid (a node's own name for the interface goes under "
+        "its interfaces: sync)"
+    ]
+    assert len(problems(two.replace(b, "{interface: eth2, syncid: 7}}\n  - name: c"))) == 1
