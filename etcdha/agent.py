@@ -50,7 +50,15 @@ from etcdha.notify import Notifier
 from etcdha.spec import ClusterSpec, EtcdUnreachable, Group
 from etcdha.spec_load import Loaded
 from etcdha.spec_types import split_host_port
-from etcdha.store import EtcdError, EtcdSettings, Op, Store, StoreWentBack, WatchCompacted
+from etcdha.store import (
+    EtcdError,
+    EtcdSettings,
+    EtcdUnavailable,
+    Op,
+    Store,
+    StoreWentBack,
+    WatchCompacted,
+)
 from etcdha.view_sync import ViewSync
 
 log = logging.getLogger(__name__)
@@ -148,11 +156,32 @@ class Agent:
             self.ipvs.config_changed()
         self.wake.set()
 
+    async def _wait_for_etcd(self, store: Store) -> None:
+        """Open the store, waiting for etcd: an agent booted before etcd (or
+        during an outage) holds nothing meanwhile, so it may as well wait."""
+        said: float | None = None
+        while True:
+            try:
+                await store.open()
+                if said is not None:
+                    log.info("etcd answers: starting")
+                return
+            except EtcdUnavailable as e:
+                if said is None or time.monotonic() - said >= 30.0:  # then every 30 s
+                    log.warning("etcd unreachable, waiting for it (nothing is held): %s", e)
+                    said = time.monotonic()
+            await asyncio.sleep(1.0)
+
     async def _wait_for_config(self, store: Store, sync: ViewSync) -> int:
         said = False
         while True:
             self._read_generation = store.generation
-            kvs, revision = await store.get_prefix(self.ks.root)
+            try:
+                kvs, revision = await store.get_prefix(self.ks.root)
+            except EtcdUnavailable as e:
+                log.warning("etcd unreachable while reading the config, retrying: %s", e)
+                await asyncio.sleep(1.0)
+                continue
             sync.load(kvs, revision, trusted=not self._went_back)
             if self.spec is not None:
                 return revision
@@ -218,6 +247,7 @@ class Agent:
         state = self._load_history()
         if state:
             store.seed_history(state)
+        await self._wait_for_etcd(store)
         async with store:
             self.store = store
             sync = ViewSync(

@@ -519,14 +519,22 @@ class Store:
             else:
                 self._password = ""
         self._opened = True
-        await self.status(timeout=s.dial_timeout)
-        if self._user is not None:
-            await self._run(
-                "Auth.Authenticate",
-                lambda conn, t: self._authenticate(conn, t, None),
-                idempotent=True,
-                limit=s.dial_timeout,
-            )
+        try:
+            await self.status(timeout=s.dial_timeout)
+            if self._user is not None:
+                await self._run(
+                    "Auth.Authenticate",
+                    lambda conn, t: self._authenticate(conn, t, None),
+                    idempotent=True,
+                    limit=s.dial_timeout,
+                )
+        except BaseException:
+            # All or nothing: a failed open leaves the store as before, to open again.
+            self._opened = False
+            conns, self._conns = self._conns, []
+            for conn in conns:
+                await conn.close()
+            raise
         if self._checking is not None:
             # The status answer looked older than a seeded history: settle it
             # before the caller's first request.

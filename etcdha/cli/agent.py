@@ -83,7 +83,8 @@ def start(
 
     It registers members/NODE under a lease, campaigns for each resource group,
     holds the group's addresses while it leads (announcing them with gratuitous
-    ARP / unsolicited NA), and drops them before its lease can expire.
+    ARP / unsolicited NA), and drops them before its lease can expire. If etcd
+    does not answer or holds no config yet, it waits (holding nothing) and logs why.
 
     SIGTERM or SIGINT: hand every group over gracefully, then exit.
     SIGUSR1 (`etcdha agent stop --restart`): exit WITHOUT handing over, for an

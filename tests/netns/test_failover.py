@@ -239,6 +239,28 @@ def test_etcd_unreachable_drop_policy_gives_up_the_vip_and_recovers(lab: Directo
     assert sampler.overlaps() == []
 
 
+def test_agents_started_while_etcd_is_down_wait_for_it_and_lead(lab: DirectorLab) -> None:
+    # A director booted before etcd (or during a full outage) waits, holding
+    # nothing, and joins once etcd answers; no restart by systemd needed.
+    lab.apply(spec())
+    lab.etcd[0].stop()
+    lab.start_agent("node1")
+    lab.start_agent("node2")
+    for node in ("node1", "node2"):
+        lab.wait_for(
+            lambda n=node: "etcd unreachable, waiting for it" in lab.agents[n].log(),  # type: ignore[misc]
+            10,
+            f"{node}'s agent to say it waits for etcd",
+        )
+    time.sleep(2.0)
+    assert all(lab.agents[n].process.alive() for n in ("node1", "node2"))
+    assert lab.holders(VIP) == []
+    lab.etcd[0].start(wait=False)
+    lab.wait_etcd()
+    lab.wait_for(lambda: lab.holders(VIP) == ["node1"], 15, "node1 to lead once etcd answers")
+    assert "etcd answers: starting" in lab.agents["node1"].log()
+
+
 def test_metrics_and_health_endpoints(lab: DirectorLab) -> None:
     start_both(lab)
 
