@@ -137,7 +137,8 @@ def test_chart_draws_lanes_steps_and_gaps() -> None:
     assert fills.count("#f2c94c") == 2  # the second step settling, and its legend
 
 
-def test_the_feed_knows_when_every_request_sent_before_a_moment_has_ended() -> None:
+async def test_the_feed_knows_when_every_request_sent_before_a_moment_has_ended() -> None:
+    # async: a StreamReader belongs to a running loop
     import asyncio
 
     from etcdha.lab.recorder import ProberFeed
