@@ -254,6 +254,13 @@ _CONN_PARAMS: list[inspect.Parameter] = [
         "File holding the etcd password for --user (first line).",
     ),
     _conn_param("user", str | None, None, "etcd user name (with --password-file)."),
+    _conn_param(
+        "dial_timeout",
+        float,
+        2.0,
+        "Seconds to wait for etcd to connect and answer a first request, as etcdctl's "
+        "--dial-timeout (a slow link or a loaded etcd host may need more).",
+    ),
     _conn_param("cluster", str, "default", "Cluster name: keys live under <prefix>/<cluster>/."),
     _conn_param("prefix", str, "/etcdha", "Key prefix shared by all etcdha clusters in this etcd."),
 ]
@@ -274,6 +281,9 @@ def _build_conn(values: dict[str, Any]) -> Conn:
         fail("--cert and --key go together", Exit.USAGE)
     if values["password_file"] is not None and not values["user"]:
         fail("--password-file needs --user", Exit.USAGE)
+    dial_timeout = values["dial_timeout"]
+    if not 0 < dial_timeout <= 300:
+        fail(f"--dial-timeout: {dial_timeout:g} is not a number of seconds in (0, 300]", Exit.USAGE)
     try:
         keyspace = Keyspace(values["prefix"], values["cluster"])
     except ValueError as e:
@@ -285,6 +295,7 @@ def _build_conn(values: dict[str, Any]) -> Conn:
         key=values["key"],
         user=values["user"],
         password_file=values["password_file"],
+        dial_timeout=dial_timeout,
     )
     return Conn(settings, keyspace)
 

@@ -187,7 +187,11 @@ class DirectorLab:
         self, *args: str, node: str = "node1", check: bool = True, timeout: float = 60.0
     ) -> subprocess.CompletedProcess[str]:
         """Run `etcdha ARGS --endpoints ...` inside a director's namespace."""
-        argv = etcdha_argv(*args, "--endpoints", self.endpoints, *self.tls_args())
+        # A generous first-contact budget: the one-CPU user-mode-linux guest, or a
+        # loaded host, may keep etcd from answering for a few seconds.
+        argv = etcdha_argv(
+            *args, "--endpoints", self.endpoints, "--dial-timeout", "10", *self.tls_args()
+        )
         result = subprocess.run(
             netns_exec_argv(self.seed.ns(node), argv),
             capture_output=True,

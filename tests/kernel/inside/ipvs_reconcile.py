@@ -74,6 +74,16 @@ async def settle(table: IPVSTable) -> None:
     raise AssertionError("no reconcile after the feed changed")
 
 
+async def reported(statuses: list[dict[str, Any]], health_revision: int) -> dict[str, Any]:
+    """The status recorded for `health_revision`: recorded after the reconcile's
+    lock is released (the etcd write must not hold up the next reconcile)."""
+    for _ in range(200):
+        if statuses and statuses[-1]["health_revision"] == health_revision:
+            return statuses[-1]
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no status recorded for health revision {health_revision}")
+
+
 def last_ops(table: IPVSTable) -> list[tuple[str, str]]:
     assert table.last is not None
     return [(o.kind.value, str(o.dest or o.service.key)) for o in table.last.ops]
@@ -109,7 +119,7 @@ async def test_reconciler_follows_inputs_repairs_drift_and_leaves_foreign_alone(
             await settle(table)
             assert last_ops(table) == [("edit-dest", "198.51.100.12:80")]
             assert kernel_ours(feed)[0] == kernel_ours(feed)[1]
-            assert statuses[-1]["health_revision"] == 21
+            await reported(statuses, 21)
 
             # both down: the fallback is added; one back: it goes again
             feed.update(verdicts={(WEB, RS1): False, (WEB, RS2): False}, health_revision=22)
@@ -118,7 +128,7 @@ async def test_reconciler_follows_inputs_repairs_drift_and_leaves_foreign_alone(
                 ("add-dest", "127.0.0.1:80"),
                 ("edit-dest", "198.51.100.6:80"),
             ]
-            assert statuses[-1]["fallback_active"] == [WEB]
+            assert (await reported(statuses, 22))["fallback_active"] == [WEB]
             feed.update(verdicts={(WEB, RS2): False}, health_revision=23)
             await settle(table)
             assert last_ops(table) == [
