@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from uml_support import run_inside
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(400)]  # boot + a 300 s payload
 
 
 def test_netlink_backend_and_reconciler_in_the_kernel() -> None:

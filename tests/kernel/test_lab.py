@@ -30,7 +30,7 @@ from uml_support import need_uml
 
 from etcdha.lab import launch, uml
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(660)]  # a lab run may take 600 s
 
 EXPECTED = [
     ("both-up", "node1", {"rs1", "rs2"}),
@@ -176,10 +176,11 @@ def test_the_chart_draws_the_lanes_and_the_steps(
     assert {"#1f77b4", "#ff7f0e", "#2ca02c", "#17becf", "#9467bd", "#d62728"} <= colours
 
 
-# In one boot: `etcdha lab shell --wait` (curl and ipvsadm as its output says,
-# then SIGTERM), and `etcdha lab run` interrupted with SIGINT once the client
-# runs; after each, nothing of it may be left. Job control is on, because a
-# background job of a non-interactive shell ignores SIGINT.
+# `etcdha lab shell --wait` in the guest (curl and ipvsadm as its output says,
+# then Ctrl-C): nothing of it may be left. `lab run` shares its clean-up path
+# (seed_import); Ctrl-C of a `lab run` on the host is the next test. Job
+# control is on, because a background job of a non-interactive shell ignores
+# SIGINT.
 INTERRUPT = r"""
 set -u -m
 python=$ETCDHA_UML_PYTHON
@@ -201,37 +202,26 @@ eval "$(grep -o 'ip netns exec [^ ]*-client curl -s http://[0-9.]*/' /run/shell.
     > /run/page.html && echo "shell: curl $(grep -o '<h1>[a-z0-9]*</h1>' /run/page.html)"
 eval "$(grep -o 'ip netns exec [^ ]*-node1 ipvsadm -Ln' /run/shell.out)" \
     | grep -q "192.0.2.200:80 rr" && echo "shell: ipvsadm shows the service"
-kill -TERM $pid
+kill -INT $pid
 wait $pid
 echo "shell: status $?"
 tail -1 /run/shell.out
 left shell
-
-$python -m etcdha lab run > /run/lab.out 2>&1 &
-pid=$!
-wait_for "step 1/8" /run/lab.out && echo "run: reached step 1"
-kill -INT $pid
-wait $pid
-echo "run: status $?"
-tail -2 /run/lab.out
-left run
 """
 
 
 def test_shell_and_ctrl_c_leave_nothing_behind() -> None:
     need_uml()
-    result = uml.run_in_uml(INTERRUPT, timeout=300, mem="1536M")
+    result = uml.run_in_uml(INTERRUPT, timeout=360, mem="1536M")
     out = result.output
     print(out)
     assert result.code == 0, out
     assert "shell: up" in out
     assert "shell: curl <h1>rs1</h1>" in out or "shell: curl <h1>rs2</h1>" in out
     assert "shell: ipvsadm shows the service" in out
-    assert "run: reached step 1" in out
-    for what in ("shell", "run"):
-        assert f"{what}: status 130" in out
-        for line in (f"{what} netns: 0", f"{what} processes: 0", f"{what} shm: 0"):
-            assert line in out, line
+    assert "shell: status 130" in out
+    for line in ("shell netns: 0", "shell processes: 0", "shell shm: 0"):
+        assert line in out, line
 
 
 def test_ctrl_c_on_the_host_stops_user_mode_linux_and_removes_its_files(
