@@ -216,14 +216,15 @@ class _AgentGone(Exception):
 
 
 def _read_line(fd: int) -> bytes:
-    """The first line on the pipe, read before the event loop starts."""
-    data = b""
+    """The first line on the pipe, read before the event loop starts. A byte at
+    a time: a lease update may follow at once, and it belongs to the loop's reader."""
+    data = bytearray()
     while not data.endswith(b"\n"):
-        chunk = os.read(fd, 65536)
-        if not chunk:
+        byte = os.read(fd, 1)
+        if not byte:
             raise _AgentGone
-        data += chunk
-    return data
+        data += byte
+    return bytes(data)
 
 
 async def _follow_agent(fd: int, lease: list[int]) -> None:

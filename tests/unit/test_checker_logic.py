@@ -123,3 +123,20 @@ def test_cli_usage_errors() -> None:
     assert result.exit_code == 2 and "not host:port" in result.output
     result = runner.invoke(app, ["checker", "start", "--checks-dir", "/nonexistent/dir"])
     assert result.exit_code == 2 and "not a directory" in result.output
+
+
+def test_the_checker_process_reads_its_config_line_and_leaves_what_follows() -> None:
+    # The agent may write a lease update right behind the config (a lease lost
+    # and granted again while the child starts): both lines arrive in one read.
+    import os
+
+    from etcdha.checker_process import _read_line
+
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b'{"conf": 1}\n{"lease": 7}\n')
+        assert _read_line(read_end) == b'{"conf": 1}\n'
+        assert os.read(read_end, 100) == b'{"lease": 7}\n'
+    finally:
+        os.close(read_end)
+        os.close(write_end)
