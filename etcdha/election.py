@@ -22,7 +22,6 @@ the TTL it was granted with), not from the spec alone.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from etcdha import clock, metrics
+from etcdha.aio import cancel_and_wait
 from etcdha.events import event_op, now_rfc3339
 from etcdha.fence import FenceClient, FenceError
 from etcdha.fence_record import FenceRecord
@@ -546,9 +546,7 @@ class GroupRunner:
         task, self._task = self._task, None
         self.failure = None
         if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         async with self._lock:
             was = self.phase
             if was is Phase.idle:

@@ -30,7 +30,6 @@ An IPVSTable in role "standby" keeps the same table for a standby, without statu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -40,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from etcdha import metrics, resources
+from etcdha.aio import cancel_and_wait
 from etcdha.events import now_rfc3339
 from etcdha.ipvs.desired import Plan, compiled_reals, named_services, plan
 from etcdha.ipvs.diff import Op, OpKind, apply_ops, diff
@@ -462,9 +462,7 @@ class IPVSTable:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         if self._event is not None:
             self.feed.unlisten(self._event)
