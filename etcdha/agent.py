@@ -397,6 +397,8 @@ class Agent:
 
     async def _stop_when_asked(self) -> None:
         await self.stopped.wait()
+        # A stop that takes long says what it waits for (each task's stack).
+        asyncio.get_running_loop().call_later(STOP_REPORT_AFTER, _report_slow_stop)
         raise _Stop
 
     async def _shutdown(self) -> None:
@@ -845,8 +847,12 @@ class Agent:
             timeout = self.opts.tick
             if self._next_wake is not None:
                 timeout = max(0.0, min(timeout, self._next_wake - time.monotonic()))
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for can swallow a
+            # cancellation that arrives as the wait ends, and a stopping agent's
+            # TaskGroup then waits for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self.wake.wait()
             self.wake.clear()
             self._next_wake = None
             await self._apply_pending()
@@ -1026,6 +1032,21 @@ class Agent:
         if not self.keeper.alive():
             return False, "no live lease"
         return True, "ok"
+
+
+STOP_REPORT_AFTER = 5.0  # seconds
+
+
+def _report_slow_stop() -> None:
+    tasks = [t for t in asyncio.all_tasks() if not t.done()]
+    lines = []
+    for task in tasks:
+        frames = task.get_stack(limit=8)
+        where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+        lines.append(f"{task.get_name()}: {where or '(not started)'}")
+    log.warning(
+        "stopping has taken over %gs; still running: %s", STOP_REPORT_AFTER, "; ".join(lines)
+    )
 
 
 class _Stop(Exception):
