@@ -231,10 +231,14 @@ def test_ctrl_c_on_the_host_stops_user_mode_linux_and_removes_its_files(
     if launch.why_not_here() is None:
         pytest.skip("this kernel runs the lab directly")
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # where user-mode-linux keeps its run
+    # Ctrl-C as a terminal gives it: SIGINT at its default, whatever this suite
+    # inherited (a background job of a shell starts with SIGINT ignored, and so
+    # would the lab, which would then never see the signal).
     proc = subprocess.Popen(
         [sys.executable, "-m", "etcdha", "lab", "run"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         cwd=uml.PROJECT_ROOT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     seen = []
     try:
