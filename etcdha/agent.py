@@ -174,14 +174,18 @@ class Agent:
 
     async def _wait_for_config(self, store: Store, sync: ViewSync) -> int:
         said = False
+        unreachable = False
         while True:
             self._read_generation = store.generation
             try:
                 kvs, revision = await store.get_prefix(self.ks.root)
             except EtcdUnavailable as e:
-                log.warning("etcd unreachable while reading the config, retrying: %s", e)
+                if not unreachable:  # once per outage, not every second
+                    log.warning("etcd unreachable while reading the config, retrying: %s", e)
+                unreachable = True
                 await asyncio.sleep(1.0)
                 continue
+            unreachable = False
             sync.load(kvs, revision, trusted=not self._went_back)
             if self.spec is not None:
                 return revision
