@@ -210,11 +210,29 @@ def wait_for_address(lab: DirectorLab, node: str, ip: str, timeout: float = 10.0
 # -- a removal that fails keeps the guard armed and the key held
 
 
+def exhaust_descriptors(pid: int) -> None:
+    """Lower the process's descriptor limit to its lowest free descriptor number.
+
+    The kernel hands out the lowest free number, so a limit at the count of
+    open descriptors still lets one through wherever a socket just closed left
+    a hole. Set the limit at the first hole and check, a moment later, that no
+    descriptor below it closed meanwhile.
+    """
+    for _ in range(50):
+        open_fds = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+        lowest_free = next(n for n in range(len(open_fds) + 1) if n not in open_fds)
+        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={lowest_free}:"], check=True)
+        time.sleep(0.2)
+        still_open = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+        if all(n in still_open for n in range(lowest_free)):
+            return
+    raise AssertionError(f"the descriptors of {pid} never stayed still")
+
+
 def test_a_failed_removal_keeps_the_key_until_the_address_is_gone(lab: DirectorLab) -> None:
     start_both(lab, spec(ttl=4, keepalive=1))
     pid = lab.agents["node1"].process.pid
     assert pid is not None
-    open_fds = len(os.listdir(f"/proc/{pid}/fd"))
     limit = subprocess.run(
         ["prlimit", f"--pid={pid}", "--nofile", "--raw", "--noheadings", "--output=SOFT"],
         capture_output=True,
@@ -223,7 +241,7 @@ def test_a_failed_removal_keeps_the_key_until_the_address_is_gone(lab: DirectorL
     ).stdout.strip()
     with AddressSampler(lab, VIP) as sampler:
         # No descriptor left: the netlink socket to remove the VIP cannot be opened.
-        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={open_fds}:"], check=True)
+        exhaust_descriptors(pid)
         lab.etcdha("standby", "node1")
         time.sleep(5.0)  # more than the TTL: the peer must not take the VIP meanwhile
         assert lab.holders(VIP) == ["node1"], "the VIP left although removing it failed?"
